@@ -1,0 +1,1 @@
+"""prune-cli: train, prune, retrain."""
