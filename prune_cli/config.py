@@ -1,0 +1,224 @@
+"""The one typed schema of a run and the semantic checks made before anything starts.
+
+The YAML files under ``conf/`` hold every default; the dataclasses here only say which keys
+exist and what type they have (Hydra merges each YAML into its typed node, so an unknown key
+or a wrong type is rejected at composition). :func:`validate` adds the checks that types
+cannot express and raises :class:`ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+CONF_DIR = next(
+    (p for p in (Path(__file__).parent / "conf", Path(__file__).parent.parent / "conf") if p.is_dir()),
+    Path(__file__).parent / "conf",
+)
+"""``conf/`` of a source checkout, or the copy an installed wheel carries inside the package."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line and names the key."""
+
+
+@dataclass
+class ScheduleConf:
+    kind: str = MISSING  # step | constant | linear | cosine
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConf:
+    name: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    nesterov: bool = False
+    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    eval_batch_size: int = 1000
+    snapshot_epochs: list[int] = field(default_factory=list)
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class MethodConf:
+    name: str = MISSING
+    retrain_epochs: float | None = None
+    warmup_fraction: float = 0.0
+    eta_min_ratio: float = 0.001
+    budget_epochs: float | None = None
+
+
+@dataclass
+class PruningConf:
+    name: str = MISSING
+    criterion: str = MISSING
+    rate: float | None = None
+    levels: int | None = None
+    target_sparsity: float | None = None
+    one_shot: bool = False
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    net: Any = MISSING
+    prune_exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = True
+    num_classes: int = MISSING
+    input_shape: list[int] = MISSING
+    augment: bool = False
+    loader: Any = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConf = MISSING
+    dataset: DatasetConf = MISSING
+    train: TrainConf = MISSING
+    method: MethodConf = MISSING
+    pruning: PruningConf = MISSING
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+    cache_dir: str = ".prune-cache"
+    progress: bool = True
+    rerun: bool = False
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="prune_cli_schema", node=Config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Derived quantities every part of the run agrees on
+# ----------------------------------------------------------------------------------------------
+
+
+def retrain_epochs(cfg: DictConfig) -> float:
+    """``t``: the method's retraining length, ``(B − T) / L`` under a budget, else ``T``."""
+    m = cfg.method
+    if m.budget_epochs is not None:
+        return (m.budget_epochs - cfg.train.epochs) / level_plan(cfg)[0]
+    return float(cfg.train.epochs if m.retrain_epochs is None else m.retrain_epochs)
+
+
+def level_plan(cfg: DictConfig) -> tuple[int, float]:
+    """``(L, s)``: the number of pruning levels and the fraction of remaining weights each prunes."""
+    p = cfg.pruning
+    if p.one_shot:
+        return 1, float(p.target_sparsity)
+    if p.rate is None:
+        return int(p.levels), 1.0 - (1.0 - p.target_sparsity) ** (1.0 / p.levels)
+    if p.levels is not None:
+        return int(p.levels), float(p.rate)
+    # the fewest levels of rate s whose density reaches 1 - S (tolerant to float rounding)
+    levels = math.log(1.0 - p.target_sparsity) / math.log(1.0 - p.rate)
+    return max(1, math.ceil(levels - 1e-9)), float(p.rate)
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` (one line, naming the key) if ``cfg`` cannot run."""
+    from prune_cli.schedules import METHODS  # local: keeps config importable without torch
+
+    tr, m, p = cfg.train, cfg.method, cfg.pruning
+    _check(tr.epochs > 0, f"train.epochs={tr.epochs}: must be > 0")
+    _check(tr.batch_size > 0, f"train.batch_size={tr.batch_size}: must be > 0")
+    _check(tr.lr > 0, f"train.lr={tr.lr}: must be > 0")
+    _check(0 <= tr.momentum < 1, f"train.momentum={tr.momentum}: must be in [0, 1)")
+    _check(tr.weight_decay >= 0, f"train.weight_decay={tr.weight_decay}: must be >= 0")
+    _check(tr.eval_batch_size > 0, f"train.eval_batch_size={tr.eval_batch_size}: must be > 0")
+    _check(
+        tr.schedule.kind in ("step", "constant", "linear", "cosine"),
+        f"train.schedule.kind={tr.schedule.kind}: expected step, constant, linear or cosine",
+    )
+    _check(
+        0 <= tr.schedule.warmup_epochs < tr.epochs,
+        f"train.schedule.warmup_epochs={tr.schedule.warmup_epochs}: must be in [0, train.epochs)",
+    )
+    _check(tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16")
+    for e in tr.snapshot_epochs:
+        _check(0 <= e <= tr.epochs, f"train.snapshot_epochs: {e} is outside [0, {tr.epochs}]")
+    _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
+           f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps")
+
+    _check(m.name in METHODS, f"method.name={m.name}: unknown; choose from {', '.join(METHODS)}")
+    _check(
+        0 <= m.warmup_fraction < 1,
+        f"method.warmup_fraction={m.warmup_fraction}: must be in [0, 1)",
+    )
+    _check(0 < m.eta_min_ratio < 1, f"method.eta_min_ratio={m.eta_min_ratio}: must be in (0, 1)")
+
+    _check(
+        p.criterion in ("global_magnitude", "layerwise_magnitude", "random"),
+        f"pruning.criterion={p.criterion}: expected global_magnitude, layerwise_magnitude or random",
+    )
+    if p.rate is not None:
+        _check(0 < p.rate < 1, f"pruning.rate={p.rate}: must be in (0, 1)")
+    if p.levels is not None:
+        _check(p.levels >= 1, f"pruning.levels={p.levels}: must be >= 1")
+    if p.target_sparsity is not None:
+        _check(
+            0 < p.target_sparsity < 1,
+            f"pruning.target_sparsity={p.target_sparsity}: must be in (0, 1)",
+        )
+    if p.one_shot:
+        _check(
+            p.target_sparsity is not None,
+            "pruning.target_sparsity: one-shot pruning needs a target sparsity",
+        )
+    else:
+        given = [k for k in ("rate", "levels", "target_sparsity") if p[k] is not None]
+        _check(
+            len(given) == 2,
+            "pruning: give exactly two of pruning.rate, pruning.levels, pruning.target_sparsity"
+            f" (given: {', '.join(given) or 'none'})",
+        )
+
+    if m.budget_epochs is not None:
+        _check(
+            m.budget_epochs > tr.epochs,
+            f"method.budget_epochs={m.budget_epochs}: the budget must exceed the dense phase"
+            f" train.epochs={tr.epochs}",
+        )
+        _check(
+            m.retrain_epochs is None,
+            "method.retrain_epochs: set either a budget (method.budget_epochs) or t, not both",
+        )
+    t = retrain_epochs(cfg)
+    _check(t > 0, f"method.retrain_epochs={t}: must be > 0")
+    if m.name in ("wr", "lrw"):
+        _check(
+            t <= tr.epochs,
+            f"method.retrain_epochs={t:g}: {m.name} replays the last t epochs of training, so t"
+            f" must be <= train.epochs={tr.epochs}",
+        )

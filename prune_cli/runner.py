@@ -1,0 +1,406 @@
+"""One run, top to bottom: build, dense (cached), then the prune → retrain levels.
+
+Everything the run produces lands in its run directory:
+
+- ``config.yaml`` (composed config) and ``run.json`` (its hash; guards the directory)
+- ``results.jsonl``: one row per level (level 0 = the dense model), appended atomically
+- ``summary.txt``: the per-level table that is printed at the end
+- ``checkpoints/level_<k>.pt`` (plain state_dict, zeros where pruned) + ``level_<k>_masks.pt``
+- ``lr_level_<k>.csv``: the per-step LR each phase applied (level 0 = dense training)
+- ``train_state.pt``: the in-progress level, for resuming
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune_cli import schedules
+from prune_cli.config import ConfigError, level_plan, retrain_epochs
+from prune_cli.costs import count_flops, param_counts, remaining_flops
+from prune_cli.data import build_data
+from prune_cli.pruning import Masks, prunable_parameters
+from prune_cli.store import (
+    DenseCache,
+    append_row,
+    config_hash,
+    dense_hash,
+    load_torch,
+    read_rows,
+    save_torch,
+    write_rows,
+    write_text,
+)
+from prune_cli.train import Phase, evaluate, train_phase, write_lr_log
+
+log = logging.getLogger("prune_cli")
+
+
+@dataclass
+class Built:
+    """What a run trains: the model, its masks, the data, and the derived constants."""
+
+    model: nn.Module
+    forward: nn.Module
+    masks: Masks
+    data: object
+    device: torch.device
+    steps_per_epoch: int
+    eta: schedules.Schedule
+    eta_max: float
+    eta_last: float
+    dense_flops: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = the first CUDA GPU if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device is available")
+    return torch.device(name)
+
+
+def original_schedule(cfg: DictConfig) -> schedules.Schedule:
+    tr = cfg.train
+    s = tr.schedule
+    return schedules.original_schedule(
+        s.kind, tr.lr, tr.epochs, s.milestones, s.gamma, s.warmup_epochs
+    )
+
+
+def build(cfg: DictConfig) -> Built:
+    """Data on the device, the model (seeded init) and its all-ones masks."""
+    device = resolve_device(cfg.device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = build_data(
+        cfg.dataset.loader,
+        device,
+        augment=cfg.dataset.augment,
+        channels_last=cfg.train.channels_last,
+    )
+    if data.num_classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={cfg.dataset.num_classes}: the data has {data.num_classes} classes"
+        )
+    torch.manual_seed(cfg.seed)
+    try:
+        model = instantiate(cfg.model.net)
+    except Exception as e:  # noqa: BLE001 - instantiate wraps import and argument errors alike
+        raise ConfigError(f"model.net: cannot build {cfg.model.net.get('_target_')}: {e}") from e
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    masks = Masks(prunable_parameters(model, list(cfg.model.prune_exclude)))
+    forward = torch.compile(model) if cfg.train.compile else model
+    spe = data.steps_per_epoch(cfg.train.batch_size)
+    eta = original_schedule(cfg)
+    total = cfg.train.epochs * spe
+    lrs = schedules.per_step(eta, total, spe)
+    return Built(
+        model=model,
+        forward=forward,
+        masks=masks,
+        data=data,
+        device=device,
+        steps_per_epoch=spe,
+        eta=eta,
+        eta_max=max(lrs),
+        eta_last=lrs[-1],
+        dense_flops=count_flops(model, list(cfg.dataset.input_shape)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense phase
+# ----------------------------------------------------------------------------------------------
+
+
+def rewind_epochs(cfg: DictConfig) -> list[int]:
+    """Dense epochs whose weights must be kept: the configured ones plus WR's ``T − t``."""
+    epochs = set(int(e) for e in cfg.train.snapshot_epochs)
+    if cfg.method.name == "wr":
+        epochs.add(int(round(cfg.train.epochs - retrain_epochs(cfg))))
+    return sorted(epochs)
+
+
+def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
+    """Load the dense model from the cache, or train it there (one job trains, others wait)."""
+    cache = DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
+    needed = rewind_epochs(cfg)
+    meta = cache.meta()
+    if meta is None or not cache.has_snapshots(needed):
+        lock = cache.lock()
+        try:
+            lock.acquire(timeout=0)
+        except Exception:  # noqa: BLE001 - filelock.Timeout: someone else holds it
+            log.info("dense model %s is being trained by another job; waiting", cache.key[:10])
+            lock.acquire()
+        try:
+            meta = cache.meta()
+            if meta is None or not cache.has_snapshots(needed):
+                if meta is not None:
+                    log.info("dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed)
+                meta = train_dense(cfg, b, cache, sorted(set(needed) | set(meta.get("snapshots", []) if meta else [])))
+        finally:
+            lock.release()
+    else:
+        log.info("dense model %s from the cache (%s)", cache.key[:10], cache.dir)
+    b.model.load_state_dict(load_torch(cache.final_path(), b.device))
+    return meta, cache
+
+
+def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[int]) -> dict:
+    """Train the dense model into ``cache`` with the snapshots that weight rewinding needs."""
+    log.info("training the dense model (%d epochs) into %s", cfg.train.epochs, cache.dir)
+    phase = Phase(
+        "dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed
+    )
+
+    def snapshot(epoch: int) -> None:
+        if epoch in snapshots:
+            save_torch(b.model.state_dict(), cache.snapshot_path(epoch))
+
+    res = train_phase(
+        b.model,
+        b.data,
+        phase,
+        cfg.train,
+        None,
+        forward=b.forward,
+        state_path=cache.state_path(),
+        on_epoch_end=snapshot,
+        progress=cfg.progress,
+    )
+    acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
+    save_torch(b.model.state_dict(), cache.final_path())
+    write_lr_log(cache.dir / "lr.csv", res.lr_log, b.steps_per_epoch)
+    meta = {
+        "acc": acc,
+        "epochs": cfg.train.epochs,
+        "images_seen": res.images_seen,
+        "wall_s": res.wall_s,
+        "snapshots": snapshots,
+        "spec": json.loads(json.dumps(OmegaConf.to_container(cfg.model, resolve=True))),
+        "train_loss": res.train_loss,
+    }
+    cache.commit(meta)
+    cache.state_path().unlink(missing_ok=True)
+    log.info("dense model: accuracy %.4f after %d epochs", acc, cfg.train.epochs)
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows and the table
+# ----------------------------------------------------------------------------------------------
+
+
+def base_row(cfg: DictConfig, b: Built, level: int, chash: str) -> dict:
+    counts = param_counts(b.model, b.masks.masks)
+    dense_total = b.dense_flops["total"]
+    flops = remaining_flops(b.dense_flops, b.masks.layer_density())
+    density = b.masks.density()
+    return {
+        "level": level,
+        "density": density,
+        "compression": 1.0 / density,
+        "nonzero_params": counts["nonzero_params"],
+        "total_params": counts["total_params"],
+        "prunable_params": b.masks.total(),
+        "prunable_alive": b.masks.alive(),
+        "dense_flops": dense_total,
+        "flops": flops,
+        "theoretical_speedup": dense_total / max(flops, 1),
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "pruning": cfg.pruning.name,
+        "criterion": cfg.pruning.criterion,
+        "one_shot": bool(cfg.pruning.one_shot),
+        "seed": cfg.seed,
+        "config_hash": chash,
+    }
+
+
+COLUMNS = [
+    ("level", "{:>5}"),
+    ("density", "{:>8.4f}"),
+    ("compression", "{:>7.2f}x"),
+    ("nonzero_params", "{:>10}"),
+    ("acc_after_prune", "{:>9}"),
+    ("acc", "{:>7.4f}"),
+    ("retrain_epochs", "{:>7g}"),
+    ("wall_s", "{:>8.1f}"),
+]
+
+
+def table(rows: list[dict]) -> str:
+    """The per-level table of a run, as printed at its end."""
+    head = "level  density  compress     params  acc@prune     acc  epochs   wall_s"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = []
+        for key, fmt in COLUMNS:
+            v = r.get(key)
+            if key == "acc_after_prune":
+                cells.append(f"{v:>9.4f}" if v is not None else f"{'-':>9}")
+            else:
+                cells.append(fmt.format(v))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def guard_run_dir(run_dir: Path, chash: str) -> None:
+    """Refuse a run directory that holds another configuration's run."""
+    marker = run_dir / "run.json"
+    if marker.exists():
+        other = json.loads(marker.read_text()).get("config_hash")
+        if other != chash:
+            raise ConfigError(
+                f"hydra.run.dir={run_dir}: holds another configuration's run"
+                f" (hash {str(other)[:10]} != {chash[:10]}); choose another directory"
+            )
+    else:
+        write_text(marker, json.dumps({"config_hash": chash}) + "\n")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows."""
+    run_dir = Path(run_dir)
+    chash = config_hash(cfg)
+    results = run_dir / "results.jsonl"
+    n_levels, s = level_plan(cfg)
+    t = retrain_epochs(cfg)
+    rows = read_rows(results)
+    guard_run_dir(run_dir, chash)
+    if rows and len(rows) == n_levels + 1 and not cfg.rerun:
+        log.info("%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels)
+        print(table(rows))
+        return rows
+    if cfg.rerun and rows:
+        write_rows(results, [])
+        (run_dir / "train_state.pt").unlink(missing_ok=True)
+        rows = []
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    b = build(cfg)
+    ckpt = run_dir / "checkpoints"
+    meta, cache = dense(cfg, b)
+    if not rows:
+        write_lr_log(run_dir / "lr_level_0.csv", _read_lr(cache.dir / "lr.csv"), b.steps_per_epoch)
+        row = base_row(cfg, b, 0, chash) | {
+            "acc_after_prune": None,
+            "acc": meta["acc"],
+            "retrain_epochs": 0,
+            "epochs": meta["epochs"],
+            "images_seen": meta["images_seen"],
+            "wall_s": meta["wall_s"],
+            "dense_cache": cache.key,
+        }
+        save_torch(b.model.state_dict(), ckpt / "level_00.pt")
+        save_torch(b.masks.state_dict(), ckpt / "level_00_masks.pt")
+        append_row(results, row)
+        rows.append(row)
+    else:
+        last = rows[-1]["level"]
+        b.model.load_state_dict(load_torch(ckpt / f"level_{last:02d}.pt", b.device))
+        b.masks.load_state_dict(load_torch(ckpt / f"level_{last:02d}_masks.pt"))
+        log.info("resuming %s after level %d", run_dir, last)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    levels = tqdm(
+        range(len(rows), n_levels + 1),
+        desc="levels",
+        initial=len(rows) - 1,
+        total=n_levels,
+        unit="lvl",
+        disable=None if cfg.progress else True,
+        dynamic_ncols=True,
+    )
+    for level in levels:
+        t0 = time.perf_counter()
+        gen.manual_seed(cfg.seed * 1000 + level)
+        stats = b.masks.prune(s, cfg.pruning.criterion, gen)
+        acc_pruned = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
+        overhead = time.perf_counter() - t0
+        ctx = schedules.Context(
+            eta=b.eta,
+            T=cfg.train.epochs,
+            t=t,
+            eta_max=b.eta_max,
+            eta_last=b.eta_last,
+            s=stats["s"],
+            d1=stats["d1"],
+            warmup_fraction=cfg.method.warmup_fraction,
+            eta_min_ratio=cfg.method.eta_min_ratio,
+        )
+        plan = schedules.plan(cfg.method.name, ctx)
+        if plan.start == "rewind":
+            epoch = plan.params["rewind_epoch"]
+            b.model.load_state_dict(load_torch(cache.snapshot_path(int(round(epoch))), b.device))
+            b.masks.apply()
+        phase = Phase(
+            f"level_{level:02d}",
+            plan.lr,
+            max(1, round(t * b.steps_per_epoch)),
+            b.steps_per_epoch,
+            cfg.seed,
+        )
+        res = train_phase(
+            b.model,
+            b.data,
+            phase,
+            cfg.train,
+            b.masks,
+            forward=b.forward,
+            state_path=run_dir / "train_state.pt",
+            progress=cfg.progress,
+        )
+        t1 = time.perf_counter()
+        acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
+        overhead += time.perf_counter() - t1
+        save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
+        save_torch(b.masks.state_dict(), ckpt / f"level_{level:02d}_masks.pt")
+        write_lr_log(run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch)
+        row = base_row(cfg, b, level, chash) | {
+            "acc_after_prune": acc_pruned,
+            "acc": acc,
+            "retrain_epochs": t,
+            "images_seen": res.images_seen,
+            "wall_s": res.wall_s + overhead,
+            "prune": stats,
+            **{k: v for k, v in plan.params.items()},
+        }
+        append_row(results, row)
+        rows.append(row)
+        (run_dir / "train_state.pt").unlink(missing_ok=True)
+        levels.set_postfix(density=f"{row['density']:.3f}", acc=f"{acc:.4f}")
+        log.info(
+            "level %d: density %.4f, accuracy %.4f after pruning, %.4f after %g epochs of %s",
+            level, row["density"], acc_pruned, acc, t, cfg.method.name,
+        )
+    levels.close()
+    text = table(rows)
+    write_text(run_dir / "summary.txt", text + "\n")
+    print(text)
+    return rows
+
+
+def _read_lr(path: Path) -> list[float]:
+    return [float(line.rsplit(",", 1)[1]) for line in path.read_text().splitlines()[1:]]

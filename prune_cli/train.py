@@ -1,0 +1,229 @@
+"""The one training loop (dense phase and every retraining) and evaluation.
+
+The loop knows nothing about pruning except "re-apply the masks after each optimizer step".
+It sets the LR of every step from a schedule ``lr(x)``, keeps loss on the device (one host sync
+per epoch), and saves a resumable state at every epoch end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune_cli.pruning import Masks
+from prune_cli.schedules import Schedule
+from prune_cli.store import load_torch, save_torch
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Phase:
+    """One training phase: ``steps`` optimizer steps with LR ``lr(step / steps_per_epoch)``."""
+
+    name: str
+    lr: Schedule
+    steps: int
+    steps_per_epoch: int
+    seed: int
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.steps_per_epoch)
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of one epoch's data order: a pure function of (seed, phase, epoch)."""
+        key = f"{self.seed}/{self.name}/{epoch}".encode()
+        return int(hashlib.sha256(key).hexdigest()[:15], 16)
+
+
+@dataclass
+class PhaseResult:
+    images_seen: int = 0
+    wall_s: float = 0.0
+    lr_log: list[float] = field(default_factory=list)
+    train_loss: float = float("nan")
+
+
+def make_optimizer(model: nn.Module, train: DictConfig) -> torch.optim.Optimizer:
+    """SGD of the recipe (the LR is set per step by the loop)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.nesterov,
+    )
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for, else a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, batch_size: int, precision: str = "fp32") -> float:
+    """Top-1 accuracy on the test set (counted on the device, one host sync)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    for x, y in data.test_batches(batch_size):
+        with autocast(device, precision):
+            out = model(x)
+        correct += (out.argmax(1) == y).sum()
+        total += y.shape[0]
+    model.train(was_training)
+    return correct.item() / total
+
+
+def train_phase(
+    model: nn.Module,
+    data,
+    phase: Phase,
+    train_cfg: DictConfig,
+    masks: Masks | None = None,
+    *,
+    forward: nn.Module | None = None,
+    state_path: Path | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+    world_size: int = 1,
+    writer: bool = True,
+) -> PhaseResult:
+    """Train ``model`` for ``phase.steps`` optimizer steps.
+
+    ``forward`` is the module called on batches (a compiled or DDP-wrapped ``model``);
+    ``on_epoch_end(e)`` runs after epoch ``e`` (and with ``e = 0`` before the first), e.g. to
+    keep snapshots for weight rewinding. With ``state_path`` the phase saves its full state at
+    every epoch end and, when a state of the same phase exists there, continues from it.
+    Raises :class:`DivergenceError` when the epoch's mean loss is not finite.
+    """
+    forward = forward or model
+    device = next(model.parameters()).device
+    opt = make_optimizer(model, train_cfg)
+    result = PhaseResult()
+    start_epoch = 0
+    if state_path is not None and Path(state_path).exists():
+        state = load_torch(state_path)
+        if state.get("phase") == phase.name:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if masks is not None:
+                masks.load_state_dict(state["masks"])
+            set_rng_state(state["rng"])
+            start_epoch = state["epoch"]
+            result = PhaseResult(state["images_seen"], state["wall_s"], state["lr_log"])
+    elif on_epoch_end is not None:
+        on_epoch_end(0)
+
+    spe, bs = phase.steps_per_epoch, train_cfg.batch_size
+    step = start_epoch * spe
+    model.train()
+    bar = tqdm(
+        range(start_epoch, phase.epochs),
+        desc=phase.name,
+        initial=start_epoch,
+        total=phase.epochs,
+        unit="ep",
+        leave=False,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for x, y in data.train_batches(bs, phase.epoch_seed(epoch)):
+            lr = phase.lr(step / spe)
+            result.lr_log.append(lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast(device, train_cfg.precision):
+                loss = F.cross_entropy(forward(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if masks is not None:
+                masks.apply()
+            loss_sum += loss.detach().float() * y.shape[0]
+            seen += y.shape[0]
+            step += 1
+            if step == phase.steps:
+                break
+        mean_loss = (loss_sum / max(seen, 1)).item()
+        result.images_seen += seen * world_size
+        result.wall_s += time.perf_counter() - t0
+        result.train_loss = mean_loss
+        if not math.isfinite(mean_loss):
+            raise DivergenceError(
+                f"{phase.name}, epoch {epoch + 1}: training loss is {mean_loss}"
+                " (diverged; try a smaller train.lr)"
+            )
+        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+        if state_path is not None and writer:
+            save_torch(
+                {
+                    "phase": phase.name,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "masks": masks.state_dict() if masks is not None else None,
+                    "rng": rng_state(),
+                    "images_seen": result.images_seen,
+                    "wall_s": result.wall_s,
+                    "lr_log": result.lr_log,
+                },
+                state_path,
+            )
+    bar.close()
+    return result
+
+
+def write_lr_log(path: Path, lr_log: list[float], steps_per_epoch: int) -> None:
+    """The per-step LR actually applied, as CSV ``step,epoch,lr`` (epoch is fractional)."""
+    from prune_cli.store import write_text
+
+    lines = ["step,epoch,lr"] + [
+        f"{i},{i / steps_per_epoch:.6f},{lr:.10g}" for i, lr in enumerate(lr_log)
+    ]
+    write_text(path, "\n".join(lines) + "\n")
