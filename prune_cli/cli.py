@@ -72,7 +72,9 @@ def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None] | None:
     cli = list(args.overrides)
     if not args.multirun:
         return [cli], name, args.config_dir
-    sweep_params = _compose(name, args.config_dir, [o for o in cli if not _is_sweep(parser, o)], True)
+    sweep_params = _compose(
+        name, args.config_dir, [o for o in cli if not _is_sweep(parser, o)], True
+    )
     params = [f"{k}={v}" for k, v in (sweep_params.hydra.sweeper.get("params") or {}).items()]
     batches = BasicSweeper.split_arguments(parser.parse_overrides(params + cli), None)
     return [job for batch in batches for job in batch], name, args.config_dir

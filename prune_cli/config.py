@@ -17,7 +17,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 CONF_DIR = next(
-    (p for p in (Path(__file__).parent / "conf", Path(__file__).parent.parent / "conf") if p.is_dir()),
+    (
+        p
+        for p in (Path(__file__).parent / "conf", Path(__file__).parent.parent / "conf")
+        if p.is_dir()
+    ),
     Path(__file__).parent / "conf",
 )
 """``conf/`` of a source checkout, or the copy an installed wheel carries inside the package."""
@@ -165,11 +169,15 @@ def validate(cfg: DictConfig) -> None:
         0 <= tr.schedule.warmup_epochs < tr.epochs,
         f"train.schedule.warmup_epochs={tr.schedule.warmup_epochs}: must be in [0, train.epochs)",
     )
-    _check(tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16")
+    _check(
+        tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16"
+    )
     for e in tr.snapshot_epochs:
         _check(0 <= e <= tr.epochs, f"train.snapshot_epochs: {e} is outside [0, {tr.epochs}]")
-    _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
-           f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps")
+    _check(
+        cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps",
+    )
 
     _check(m.name in METHODS, f"method.name={m.name}: unknown; choose from {', '.join(METHODS)}")
     _check(

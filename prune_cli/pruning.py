@@ -146,9 +146,7 @@ class Masks:
         live = torch.cat([alive[n].flatten() for n in names])
         picked = self._pick(flat, live, round(fraction * int(live.sum())))
         sizes = [self.params[n].numel() for n in names]
-        return {
-            n: c.view(self.params[n].shape) for n, c in zip(names, torch.split(picked, sizes))
-        }
+        return {n: c.view(self.params[n].shape) for n, c in zip(names, torch.split(picked, sizes))}
 
     # --- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +150,15 @@ def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
             meta = cache.meta()
             if meta is None or not cache.has_snapshots(needed):
                 if meta is not None:
-                    log.info("dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed)
-                meta = train_dense(cfg, b, cache, sorted(set(needed) | set(meta.get("snapshots", []) if meta else [])))
+                    log.info(
+                        "dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed
+                    )
+                meta = train_dense(
+                    cfg,
+                    b,
+                    cache,
+                    sorted(set(needed) | set(meta.get("snapshots", []) if meta else [])),
+                )
         finally:
             lock.release()
     else:
@@ -164,9 +170,7 @@ def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
 def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[int]) -> dict:
     """Train the dense model into ``cache`` with the snapshots that weight rewinding needs."""
     log.info("training the dense model (%d epochs) into %s", cfg.train.epochs, cache.dir)
-    phase = Phase(
-        "dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed
-    )
+    phase = Phase("dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed)
 
     def snapshot(epoch: int) -> None:
         if epoch in snapshots:
@@ -290,7 +294,9 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     rows = read_rows(results)
     guard_run_dir(run_dir, chash)
     if rows and len(rows) == n_levels + 1 and not cfg.rerun:
-        log.info("%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels)
+        log.info(
+            "%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels
+        )
         print(table(rows))
         return rows
     if cfg.rerun and rows:
@@ -393,7 +399,12 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         levels.set_postfix(density=f"{row['density']:.3f}", acc=f"{acc:.4f}")
         log.info(
             "level %d: density %.4f, accuracy %.4f after pruning, %.4f after %g epochs of %s",
-            level, row["density"], acc_pruned, acc, t, cfg.method.name,
+            level,
+            row["density"],
+            acc_pruned,
+            acc,
+            t,
+            cfg.method.name,
         )
     levels.close()
     text = table(rows)

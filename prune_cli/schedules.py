@@ -122,7 +122,9 @@ class RetrainPlan:
     params: dict = field(default_factory=dict)
 
 
-def with_warmup(schedule: Schedule, t: float, fraction: float, peak: float | None = None) -> Schedule:
+def with_warmup(
+    schedule: Schedule, t: float, fraction: float, peak: float | None = None
+) -> Schedule:
     """Linear warm-up from 0 to ``peak`` (default ``schedule(0)``) over the first ``fraction · t``
     epochs, then ``schedule`` compressed into the remaining ``(1 − fraction) · t`` epochs (as
     Zimmer et al.'s code does)."""
@@ -210,6 +212,7 @@ METHODS: dict[str, Callable[[Context], RetrainPlan]] = {
     "clr": clr,
     "llr": llr,
     "allr": allr,
+    "bimp": allr,  # budgeted IMP retrains with ALLR; the budget lives in the config
 }
 """Every retraining method by its config name. A new method is one function here and one YAML."""
 

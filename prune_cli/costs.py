@@ -1,0 +1,120 @@
+"""Cost figures of a (pruned) network: multiply-accumulates and parameter counts.
+
+Conventions follow the pruning papers: only convolutions and linear layers are counted
+(batch norm, activations, pooling and residual additions are negligible and excluded), and
+the cost of a pruned layer is its dense cost scaled by its weight density (Zimmer et al.'s
+theoretical speedup = dense MACs / remaining MACs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear modules whose weight is a parameter, by qualified name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, _WEIGHT_LAYERS) and isinstance(module.weight, nn.Parameter)
+    }
+
+
+def _lookup(table: Mapping[str, object], module_name: str) -> object | None:
+    """The entry for a module, keyed either by the module name or by its ``<name>.weight``."""
+    if module_name in table:
+        return table[module_name]
+    return table.get(f"{module_name}.weight")
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Multiply-accumulates (MACs) of one forward pass of a single example.
+
+    Returns one entry per conv/linear module whose weight is a parameter (key = qualified
+    module name, e.g. ``layer1.0.conv1``) plus ``"total"``, their sum. ``input_shape`` excludes
+    the batch dimension. Counted with ``torch.utils.flop_counter.FlopCounterMode``, which
+    reports FLOPs = 2 × MACs for convolutions and matrix products; these are halved here.
+    Biases, batch norm, activations, pooling and additions are not counted. The forward runs
+    on a zero tensor on the model's device, in eval mode under ``torch.no_grad``; every
+    module's train/eval flag is restored afterwards. A module called k times counts k times.
+    A ``torch.compile``d model is measured through its original module (same key names).
+    """
+    # the compiled wrapper would prefix every name with "_orig_mod."
+    model = getattr(model, "_orig_mod", model)
+    layers = _weight_layers(model)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    modes = {module: module.training for module in model.modules()}
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    by_module = counter.get_flop_counts()
+    # FlopCounterMode names modules "<RootClass>.<qualified name>"
+    root = type(model).__name__
+    per_module = {name: sum(by_module.get(f"{root}.{name}", {}).values()) // 2 for name in layers}
+    per_module["total"] = sum(per_module.values())
+    return per_module
+
+
+def remaining_flops(per_module: Mapping[str, int], densities: Mapping[str, float]) -> int:
+    """MACs that the unpruned weights still need: sum over layers of MACs × weight density.
+
+    ``per_module`` is the output of :func:`count_flops` (its ``"total"`` entry is ignored).
+    ``densities`` maps a module name (or its ``<name>.weight`` parameter name) to the fraction
+    of its weights that remain; layers absent from ``densities`` count as dense.
+    """
+    remaining = 0.0
+    for name, macs in per_module.items():
+        if name == "total":
+            continue
+        density = _lookup(densities, name)
+        remaining += macs * (1.0 if density is None else float(density))
+    return round(remaining)
+
+
+def param_counts(
+    model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, int]:
+    """Parameter counts of ``model``, with ``masks`` applied if given.
+
+    Keys: ``total_params`` (every parameter), ``prunable_params`` (conv and linear weights),
+    ``unpruned_params`` (``total_params`` minus the entries that a mask removes) and
+    ``nonzero_params`` (nonzero entries over all parameters, each multiplied by its mask;
+    this also misses values that are zero without pruning, such as freshly initialised batch
+    norm biases, so compression ratios should use ``unpruned_params`` or the masks). ``masks``
+    maps parameter names (``layer1.0.conv1.weight``) or, for weights, module names
+    (``layer1.0.conv1``) to 0/1 tensors of the parameter's shape; unmasked parameters count whole.
+    """
+    masks = masks or {}
+    prunable = {f"{name}.weight" for name in _weight_layers(model)}
+    counts = dict.fromkeys(
+        ("total_params", "prunable_params", "unpruned_params", "nonzero_params"), 0
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            mask = masks.get(name)
+            if mask is None and name.endswith(".weight"):
+                mask = masks.get(name.removesuffix(".weight"))
+            counts["total_params"] += param.numel()
+            if name in prunable:
+                counts["prunable_params"] += param.numel()
+            if mask is None:
+                counts["unpruned_params"] += param.numel()
+                counts["nonzero_params"] += int(torch.count_nonzero(param))
+            else:
+                mask = mask.to(param.device)
+                counts["unpruned_params"] += int(torch.count_nonzero(mask.expand_as(param)))
+                counts["nonzero_params"] += int(torch.count_nonzero(param * mask))
+    return counts

@@ -1,0 +1,112 @@
+"""``prune-schedules``: plot the LR every retraining method would use, before spending GPU time.
+
+``prune-schedules [--out FILE] [--d1 D] [OVERRIDES...]`` composes the same config as
+``prune-run OVERRIDES`` and draws, for one level of ``t`` epochs, the per-step LR of every
+method (as Figure 2 of Zimmer et al. 2023), beside the original schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prune_cli import schedules
+
+LABELS = {
+    "ft": "FT",
+    "wr": "WR",
+    "lrw": "LRW",
+    "slr": "SLR",
+    "clr": "CLR",
+    "llr": "LLR",
+    "allr": "ALLR",
+}
+
+
+def curves(cfg, steps_per_epoch: int, d1: float, s: float) -> dict[str, tuple[list, list]]:
+    """(epochs, LRs) per step of one level for every method, under the config's recipe and t."""
+    from prune_cli.config import retrain_epochs
+    from prune_cli.runner import original_schedule
+
+    eta = original_schedule(cfg)
+    T, t = cfg.train.epochs, retrain_epochs(cfg)
+    dense = schedules.per_step(eta, T * steps_per_epoch, steps_per_epoch)
+    out = {"original": ([i / steps_per_epoch for i in range(len(dense))], dense)}
+    steps = max(1, round(t * steps_per_epoch))
+    xs = [i / steps_per_epoch for i in range(steps)]
+    for name in LABELS:
+        m = cfg.method
+        c = schedules.Context(
+            eta=eta,
+            T=T,
+            t=min(t, T) if name in ("wr", "lrw") else t,
+            eta_max=max(dense),
+            eta_last=dense[-1],
+            s=s,
+            d1=d1,
+            warmup_fraction=m.warmup_fraction if name not in ("clr",) else 0.1,
+            eta_min_ratio=m.eta_min_ratio,
+        )
+        out[name] = (xs, schedules.per_step(schedules.plan(name, c).lr, steps, steps_per_epoch))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    from prune_cli.cli import _compose, one_line
+
+    ap = argparse.ArgumentParser(prog="prune-schedules", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="schedules.png", help="PNG to write (default: %(default)s)")
+    ap.add_argument(
+        "--d1", type=float, default=0.0, help="ALLR's d1 for the plot (default: 0 = d2 wins)"
+    )
+    ap.add_argument(
+        "--rate", type=float, default=0.2, help="prune rate s of the level (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--steps-per-epoch", type=int, default=20, help="resolution (default: %(default)s)"
+    )
+    ap.add_argument("overrides", nargs="*", help="config overrides, as for prune-run")
+    args = ap.parse_args(argv)
+    try:
+        cfg = _compose("config", None, args.overrides)
+        from prune_cli.config import retrain_epochs, validate
+
+        validate(cfg)
+        data = curves(cfg, args.steps_per_epoch, args.d1, args.rate)
+    except Exception as e:  # noqa: BLE001 - one line, as prune-run
+        print(f"prune-schedules: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
+    xs, ys = data["original"]
+    a0.plot(xs, ys, color="black")
+    T, t = cfg.train.epochs, retrain_epochs(cfg)
+    a0.axvspan(max(0, T - t), T, color="tab:orange", alpha=0.15, label="replayed by LRW/WR")
+    a0.set(
+        title=f"original schedule ({cfg.train.name}, T={T})", xlabel="epoch", ylabel="learning rate"
+    )
+    a0.set_yscale("log")
+    a0.legend(loc="upper right")
+    for name, label in LABELS.items():
+        xs, ys = data[name]
+        a1.plot(xs, ys, label=label, lw=1.6, ls="--" if name == "wr" else "-")
+    a1.set(
+        title=f"one retraining level: t={t:g} epochs (ALLR d1={args.d1:g})",
+        xlabel="retraining epoch",
+        ylabel="learning rate",
+    )
+    a1.set_yscale("log")
+    a1.legend(ncol=2)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: compose the real configs, and run the real `prune-run` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prune_cli.cli import _compose
+
+# Settings every tiny run shares: no progress bars, a private dense cache.
+QUIET = ["progress=false"]
+
+
+def compose(*overrides: str):
+    """The config `prune-run` would run for these overrides (real conf/, real schema)."""
+    return _compose("config", None, list(overrides))
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run `prune-run ARGS` in a subprocess inside `tmp_path`; returns the CompletedProcess.
+
+    The run directory is `tmp_path/run` unless the args give one, the dense cache `tmp_path/cache`.
+    """
+
+    def run(*args: str, run_dir: Path | None = None, check: bool = True, env: dict | None = None):
+        argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"cache_dir={tmp_path / 'cache'}"]
+        if not any(a.startswith("hydra.run.dir") or a in ("-m", "--multirun") for a in args):
+            argv.append(f"hydra.run.dir={run_dir or tmp_path / 'run'}")
+        argv += list(args)
+        proc = subprocess.run(
+            argv,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PRUNE_CLI_DATA": str(tmp_path / "data"), **(env or {})},
+            timeout=600,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"prune-run {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:
+    """Compose the real config and run the real runner in this process (no Hydra job wrapper)."""
+    from prune_cli.config import validate
+    from prune_cli.runner import run
+
+    cfg = compose(*QUIET, f"cache_dir={run_dir.parent / 'cache'}", *overrides)
+    validate(cfg)
+    return run(cfg, run_dir)
+
+
+# A small LeNet-on-digits setup whose dense schedule has steps, so every method's LR differs.
+TINY = [
+    "experiment=quickstart",
+    "train.epochs=6",
+    "train.batch_size=256",
+    "train.schedule.kind=step",
+    "train.schedule.milestones=[3,5]",
+    "pruning.levels=2",
+]
