@@ -45,6 +45,8 @@ class TrainConf:
     epochs: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    # if set, the LR applied is lr * batch_size / lr_reference_batch (linear scaling, Goyal et al.)
+    lr_reference_batch: int | None = None
     momentum: float = MISSING
     weight_decay: float = MISSING
     nesterov: bool = False

@@ -14,26 +14,31 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import Timeout
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from prune_cli import schedules
+from prune_cli import distributed, schedules
 from prune_cli.config import ConfigError, level_plan, retrain_epochs
 from prune_cli.costs import count_flops, param_counts, remaining_flops
 from prune_cli.data import build_data
+from prune_cli.distributed import PREEMPTION, Dist
 from prune_cli.pruning import Masks, prunable_parameters
 from prune_cli.store import (
     DenseCache,
     append_row,
     config_hash,
     dense_hash,
+    dense_spec,
     load_torch,
     read_rows,
     save_torch,
@@ -59,6 +64,7 @@ class Built:
     eta_max: float
     eta_last: float
     dense_flops: dict
+    dist: Dist
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,23 +76,39 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def base_lr(cfg: DictConfig) -> float:
+    """The recipe's peak LR, scaled linearly with the batch when the recipe names a reference."""
+    tr = cfg.train
+    if tr.lr_reference_batch:
+        return tr.lr * tr.batch_size / tr.lr_reference_batch
+    return tr.lr
+
+
 def original_schedule(cfg: DictConfig) -> schedules.Schedule:
+    """The dense run's LR schedule ``eta(x)``."""
     tr = cfg.train
     s = tr.schedule
     return schedules.original_schedule(
-        s.kind, tr.lr, tr.epochs, s.milestones, s.gamma, s.warmup_epochs
+        s.kind, base_lr(cfg), tr.epochs, s.milestones, s.gamma, s.warmup_epochs
     )
 
 
 def build(cfg: DictConfig) -> Built:
-    """Data on the device, the model (seeded init) and its all-ones masks."""
+    """Data on the device, the model (seeded init) and its all-ones masks; under torchrun or
+    SLURM tasks, the process group and the DDP-wrapped forward."""
     device = resolve_device(cfg.device)
+    d = distributed.init(device)
+    if d.active and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = build_data(
         cfg.dataset.loader,
         device,
         augment=cfg.dataset.augment,
+        rank=d.rank,
+        world_size=d.world_size,
         channels_last=cfg.train.channels_last,
     )
     if data.num_classes != cfg.dataset.num_classes:
@@ -102,7 +124,15 @@ def build(cfg: DictConfig) -> Built:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     masks = Masks(prunable_parameters(model, list(cfg.model.prune_exclude)))
-    forward = torch.compile(model) if cfg.train.compile else model
+    forward = model
+    if d.active:
+        # same initial weights on every rank (DDP also broadcasts them, this makes it explicit)
+        distributed.broadcast_tensors(d, list(model.state_dict().values()))
+        forward = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        forward = torch.compile(forward)
     spe = data.steps_per_epoch(cfg.train.batch_size)
     eta = original_schedule(cfg)
     total = cfg.train.epochs * spe
@@ -118,6 +148,7 @@ def build(cfg: DictConfig) -> Built:
         eta_max=max(lrs),
         eta_last=lrs[-1],
         dense_flops=count_flops(model, list(cfg.dataset.input_shape)),
+        dist=d,
     )
 
 
@@ -135,45 +166,53 @@ def rewind_epochs(cfg: DictConfig) -> list[int]:
 
 
 def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
-    """Load the dense model from the cache, or train it there (one job trains, others wait)."""
+    """Load the dense model from the cache, or train it there (one job trains, others wait).
+
+    Under DDP all ranks train together; rank 0 holds the lock and writes the cache entry.
+    """
     cache = DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
     needed = rewind_epochs(cfg)
-    meta = cache.meta()
-    if meta is None or not cache.has_snapshots(needed):
-        lock = cache.lock()
+    d = b.dist
+
+    def ready() -> bool:
+        return cache.meta() is not None and cache.has_snapshots(needed)
+
+    if not distributed.broadcast(d, ready() if d.writer else None):
+        lock = cache.lock() if d.writer else None
+        if lock is not None:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("dense model %s is being trained by another job; waiting", cache.key[:10])
+                lock.acquire()
         try:
-            lock.acquire(timeout=0)
-        except Exception:  # noqa: BLE001 - filelock.Timeout: someone else holds it
-            log.info("dense model %s is being trained by another job; waiting", cache.key[:10])
-            lock.acquire()
-        try:
-            meta = cache.meta()
-            if meta is None or not cache.has_snapshots(needed):
+            meta = cache.meta() if d.writer else None
+            train = distributed.broadcast(d, not ready() if d.writer else None)
+            if train:
+                keep = set(needed) | set(meta.get("snapshots", []) if meta else [])
                 if meta is not None:
                     log.info(
                         "dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed
                     )
-                meta = train_dense(
-                    cfg,
-                    b,
-                    cache,
-                    sorted(set(needed) | set(meta.get("snapshots", []) if meta else [])),
-                )
+                train_dense(cfg, b, cache, sorted(keep))
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
     else:
         log.info("dense model %s from the cache (%s)", cache.key[:10], cache.dir)
+    distributed.barrier(d)
     b.model.load_state_dict(load_torch(cache.final_path(), b.device))
-    return meta, cache
+    return cache.meta(), cache
 
 
-def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[int]) -> dict:
+def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[int]) -> None:
     """Train the dense model into ``cache`` with the snapshots that weight rewinding needs."""
     log.info("training the dense model (%d epochs) into %s", cfg.train.epochs, cache.dir)
+    writer = b.dist.writer
     phase = Phase("dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed)
 
     def snapshot(epoch: int) -> None:
-        if epoch in snapshots:
+        if writer and epoch in snapshots:
             save_torch(b.model.state_dict(), cache.snapshot_path(epoch))
 
     res = train_phase(
@@ -185,24 +224,28 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
         forward=b.forward,
         state_path=cache.state_path(),
         on_epoch_end=snapshot,
-        progress=cfg.progress,
+        progress=cfg.progress and writer,
+        world_size=b.dist.world_size,
+        writer=writer,
     )
     acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
+    if not writer:
+        return
     save_torch(b.model.state_dict(), cache.final_path())
     write_lr_log(cache.dir / "lr.csv", res.lr_log, b.steps_per_epoch)
-    meta = {
-        "acc": acc,
-        "epochs": cfg.train.epochs,
-        "images_seen": res.images_seen,
-        "wall_s": res.wall_s,
-        "snapshots": snapshots,
-        "spec": json.loads(json.dumps(OmegaConf.to_container(cfg.model, resolve=True))),
-        "train_loss": res.train_loss,
-    }
-    cache.commit(meta)
+    cache.commit(
+        {
+            "acc": acc,
+            "epochs": cfg.train.epochs,
+            "images_seen": res.images_seen,
+            "wall_s": res.wall_s,
+            "snapshots": snapshots,
+            "spec": dense_spec(cfg),
+            "train_loss": res.train_loss,
+        }
+    )
     cache.state_path().unlink(missing_ok=True)
     log.info("dense model: accuracy %.4f after %d epochs", acc, cfg.train.epochs)
-    return meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,24 +335,27 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     n_levels, s = level_plan(cfg)
     t = retrain_epochs(cfg)
     rows = read_rows(results)
-    guard_run_dir(run_dir, chash)
     if rows and len(rows) == n_levels + 1 and not cfg.rerun:
+        guard_run_dir(run_dir, chash)
         log.info(
             "%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels
         )
         print(table(rows))
         return rows
-    if cfg.rerun and rows:
-        write_rows(results, [])
-        (run_dir / "train_state.pt").unlink(missing_ok=True)
-        rows = []
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
     b = build(cfg)
+    writer = b.dist.writer
+    if writer:
+        guard_run_dir(run_dir, chash)
+        if cfg.rerun and rows:
+            write_rows(results, [])
+            (run_dir / "train_state.pt").unlink(missing_ok=True)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    distributed.barrier(b.dist)
+    rows = read_rows(results)
+    PREEMPTION.install()
     ckpt = run_dir / "checkpoints"
     meta, cache = dense(cfg, b)
     if not rows:
-        write_lr_log(run_dir / "lr_level_0.csv", _read_lr(cache.dir / "lr.csv"), b.steps_per_epoch)
         row = base_row(cfg, b, 0, chash) | {
             "acc_after_prune": None,
             "acc": meta["acc"],
@@ -319,9 +365,11 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             "wall_s": meta["wall_s"],
             "dense_cache": cache.key,
         }
-        save_torch(b.model.state_dict(), ckpt / "level_00.pt")
-        save_torch(b.masks.state_dict(), ckpt / "level_00_masks.pt")
-        append_row(results, row)
+        if writer:
+            shutil.copyfile(cache.dir / "lr.csv", run_dir / "lr_level_0.csv")
+            save_torch(b.model.state_dict(), ckpt / "level_00.pt")
+            save_torch(b.masks.state_dict(), ckpt / "level_00_masks.pt")
+            append_row(results, row)
         rows.append(row)
     else:
         last = rows[-1]["level"]
@@ -336,13 +384,15 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         initial=len(rows) - 1,
         total=n_levels,
         unit="lvl",
-        disable=None if cfg.progress else True,
+        disable=None if cfg.progress and writer else True,
         dynamic_ncols=True,
     )
     for level in levels:
         t0 = time.perf_counter()
         gen.manual_seed(cfg.seed * 1000 + level)
         stats = b.masks.prune(s, cfg.pruning.criterion, gen)
+        distributed.broadcast_tensors(b.dist, b.masks._m)  # identical masks on every rank
+        b.masks.apply()
         acc_pruned = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
         overhead = time.perf_counter() - t0
         ctx = schedules.Context(
@@ -376,14 +426,13 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             b.masks,
             forward=b.forward,
             state_path=run_dir / "train_state.pt",
-            progress=cfg.progress,
+            progress=cfg.progress and writer,
+            world_size=b.dist.world_size,
+            writer=writer,
         )
         t1 = time.perf_counter()
         acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
         overhead += time.perf_counter() - t1
-        save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
-        save_torch(b.masks.state_dict(), ckpt / f"level_{level:02d}_masks.pt")
-        write_lr_log(run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch)
         row = base_row(cfg, b, level, chash) | {
             "acc_after_prune": acc_pruned,
             "acc": acc,
@@ -393,9 +442,14 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             "prune": stats,
             **{k: v for k, v in plan.params.items()},
         }
-        append_row(results, row)
+        if writer:
+            save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
+            save_torch(b.masks.state_dict(), ckpt / f"level_{level:02d}_masks.pt")
+            write_lr_log(run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch)
+            append_row(results, row)
+            (run_dir / "train_state.pt").unlink(missing_ok=True)
         rows.append(row)
-        (run_dir / "train_state.pt").unlink(missing_ok=True)
+        distributed.barrier(b.dist)
         levels.set_postfix(density=f"{row['density']:.3f}", acc=f"{acc:.4f}")
         log.info(
             "level %d: density %.4f, accuracy %.4f after pruning, %.4f after %g epochs of %s",
@@ -407,11 +461,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             cfg.method.name,
         )
     levels.close()
-    text = table(rows)
-    write_text(run_dir / "summary.txt", text + "\n")
-    print(text)
+    if writer:
+        text = table(rows)
+        write_text(run_dir / "summary.txt", text + "\n")
+        print(text)
     return rows
-
-
-def _read_lr(path: Path) -> list[float]:
-    return [float(line.rsplit(",", 1)[1]) for line in path.read_text().splitlines()[1:]]

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from prune_cli.distributed import PREEMPTION
 from prune_cli.pruning import Masks
 from prune_cli.schedules import Schedule
 from prune_cli.store import load_torch, save_torch
@@ -133,14 +134,15 @@ def train_phase(
     ``forward`` is the module called on batches (a compiled or DDP-wrapped ``model``);
     ``on_epoch_end(e)`` runs after epoch ``e`` (and with ``e = 0`` before the first), e.g. to
     keep snapshots for weight rewinding. With ``state_path`` the phase saves its full state at
-    every epoch end and, when a state of the same phase exists there, continues from it.
+    every epoch end (and at the next step after a preemption signal) and, when a state of the
+    same phase exists there, continues from it at that step.
     Raises :class:`DivergenceError` when the epoch's mean loss is not finite.
     """
     forward = forward or model
     device = next(model.parameters()).device
     opt = make_optimizer(model, train_cfg)
     result = PhaseResult()
-    start_epoch = 0
+    step = 0
     if state_path is not None and Path(state_path).exists():
         state = load_torch(state_path)
         if state.get("phase") == phase.name:
@@ -149,13 +151,31 @@ def train_phase(
             if masks is not None:
                 masks.load_state_dict(state["masks"])
             set_rng_state(state["rng"])
-            start_epoch = state["epoch"]
+            step = state["step"]
             result = PhaseResult(state["images_seen"], state["wall_s"], state["lr_log"])
-    elif on_epoch_end is not None:
+    if step == 0 and on_epoch_end is not None:
         on_epoch_end(0)
 
+    def save_state() -> None:
+        if state_path is None or not writer:
+            return
+        save_torch(
+            {
+                "phase": phase.name,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "masks": masks.state_dict() if masks is not None else None,
+                "rng": rng_state(),
+                "images_seen": result.images_seen,
+                "wall_s": result.wall_s,
+                "lr_log": result.lr_log,
+            },
+            state_path,
+        )
+
     spe, bs = phase.steps_per_epoch, train_cfg.batch_size
-    step = start_epoch * spe
+    start_epoch = step // spe
     model.train()
     bar = tqdm(
         range(start_epoch, phase.epochs),
@@ -167,11 +187,15 @@ def train_phase(
         disable=None if progress else True,
         dynamic_ncols=True,
     )
+    lr = float("nan")
     for epoch in bar:
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for x, y in data.train_batches(bs, phase.epoch_seed(epoch)):
+        done_in_epoch = step - epoch * spe  # > 0 only when resuming inside this epoch
+        for i, (x, y) in enumerate(data.train_batches(bs, phase.epoch_seed(epoch))):
+            if i < done_in_epoch:
+                continue
             lr = phase.lr(step / spe)
             result.lr_log.append(lr)
             for g in opt.param_groups:
@@ -188,6 +212,11 @@ def train_phase(
             step += 1
             if step == phase.steps:
                 break
+            if PREEMPTION.requested:
+                result.images_seen += seen * world_size
+                result.wall_s += time.perf_counter() - t0
+                save_state()
+                PREEMPTION.honor()
         mean_loss = (loss_sum / max(seen, 1)).item()
         result.images_seen += seen * world_size
         result.wall_s += time.perf_counter() - t0
@@ -200,21 +229,7 @@ def train_phase(
         bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
-        if state_path is not None and writer:
-            save_torch(
-                {
-                    "phase": phase.name,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "masks": masks.state_dict() if masks is not None else None,
-                    "rng": rng_state(),
-                    "images_seen": result.images_seen,
-                    "wall_s": result.wall_s,
-                    "lr_log": result.lr_log,
-                },
-                state_path,
-            )
+        save_state()
     bar.close()
     return result
 

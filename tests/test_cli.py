@@ -10,7 +10,7 @@ import torch
 from conftest import compose
 from datafiles import write_cifar10
 
-from prune_cli.store import config_hash
+from prune_cli.store import config_hash, dense_hash
 
 
 def test_quickstart_end_to_end(cli, tmp_path):
@@ -88,9 +88,16 @@ def test_config_hash_is_pinned():
     # orphans every existing cache. Change the pinned values only on purpose.
     cfg = compose("experiment=quickstart")
     assert config_hash(cfg)[:16] == PINNED_RUN_HASH
+    assert dense_hash(cfg)[:16] == PINNED_DENSE_HASH
+    # a speed-only setting or a new null-valued key does not change them
+    assert dense_hash(compose("experiment=quickstart", "train.channels_last=true")) == dense_hash(
+        cfg
+    )
+    assert config_hash(compose("experiment=quickstart", "progress=false")) == config_hash(cfg)
 
 
-PINNED_RUN_HASH = "cb179a2be66b3ac0"
+PINNED_RUN_HASH = "8c9ee3b93325f8cf"
+PINNED_DENSE_HASH = "cf989c294c0f2239"
 
 
 BAD = [

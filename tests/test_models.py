@@ -10,7 +10,6 @@ from prune_cli.models import (
     CifarResNet,
     LeNet300100,
     PadShortcut,
-    cifar_resnet,
     cifar_vgg,
     resnet20,
     resnet32,
@@ -18,6 +17,7 @@ from prune_cli.models import (
     resnet56,
     resnet110,
 )
+from prune_cli.models.cifar_resnet import cifar_resnet
 
 CIFAR = (3, 32, 32)
 

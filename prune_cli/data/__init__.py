@@ -7,6 +7,7 @@ A dataset config is a Hydra node with `_target_` naming a loader (e.g.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,12 +61,24 @@ def build_data(
             "dataset.loader._target_ is missing: name a loader such as prune_cli.data.digits.load_digits"
         )
     try:
-        _locate(str(target))
+        fn = _locate(str(target))
     except Exception as e:
-        raise DataError(f"dataset.loader._target_={target}: cannot be imported ({one_line(e)})") from e
+        raise DataError(
+            f"dataset.loader._target_={target}: cannot be imported ({one_line(e)})"
+        ) from e
     try:
         # Loaders take plain Python values (tuples, lists), not OmegaConf containers.
-        obj = instantiate(cfg, _convert_="all")
+        # where the batches go, passed only to loaders that build their own batch source
+        runtime = {
+            "device": device,
+            "rank": rank,
+            "world_size": world_size,
+            "channels_last": channels_last,
+        }
+        accepted = inspect.signature(fn).parameters
+        obj = instantiate(
+            cfg, _convert_="all", **{k: v for k, v in runtime.items() if k in accepted}
+        )
     except InstantiationException as e:
         if isinstance(e.__cause__, DataError):
             raise e.__cause__ from None
