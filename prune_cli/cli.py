@@ -8,6 +8,7 @@ one line naming the key and exit status 2 with nothing started.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def _compose(name: str, config_dir: str | None, overrides: list[str], hydra_cfg:
         return compose(name, overrides=overrides, return_hydra_config=hydra_cfg)
 
 
+def _importable(key: str, target: str) -> None:
+    from hydra._internal.utils import _locate
+
+    try:
+        _locate(target)
+    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
+        cause = e.__cause__ or e
+        raise ConfigError(f"{key}={target}: cannot be imported ({one_line(cause)})") from e
+
+
 def prevalidate(argv: list[str]) -> str | None:
     """Compose and validate every job of ``argv``; the first problem as one line, or None."""
     try:
@@ -100,9 +111,15 @@ def prevalidate(argv: list[str]) -> str | None:
         if planned is None:
             return None
         jobs, name, config_dir = planned
+        located: set[str] = set()
         for job in jobs:
             cfg = _compose(name, config_dir, job)
             validate(cfg)
+            for key in ("model.net", "dataset.loader"):
+                target = OmegaConf.select(cfg, f"{key}._target_")
+                if target and target not in located:
+                    _importable(f"{key}._target_", target)
+                    located.add(target)
     except Exception as e:  # noqa: BLE001 - every failure here is reported as one line
         return one_line(e)
     return None
@@ -117,6 +134,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from prune_cli.train import DivergenceError
 
     hc = HydraConfig.get()
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) > 0:
+        logging.getLogger("prune_cli").setLevel(logging.WARNING)  # rank 0 speaks for the run
     try:
         validate(cfg)
         rows = run(cfg, Path(hc.runtime.output_dir))
@@ -130,6 +149,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point of ``prune-run``."""
+    # like `python -m`: modules of the current directory (a user's own models) can be targets
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     problem = prevalidate(sys.argv[1:])
     if problem is not None:
         print(f"prune-run: error: {problem}", file=sys.stderr)

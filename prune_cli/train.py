@@ -200,14 +200,18 @@ def train_phase(
             result.lr_log.append(lr)
             for g in opt.param_groups:
                 g["lr"] = lr
+            # the mean over the *global* batch, so that N ranks (whose gradients DDP averages)
+            # compute exactly the gradient of one process, also when shards differ in size
+            n_global = min(bs, data.n_train - i * bs)
             with autocast(device, train_cfg.precision):
-                loss = F.cross_entropy(forward(x), y)
+                ce = F.cross_entropy(forward(x), y, reduction="sum")
+            loss = ce * (world_size / n_global)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if masks is not None:
                 masks.apply()
-            loss_sum += loss.detach().float() * y.shape[0]
+            loss_sum += ce.detach().float()
             seen += y.shape[0]
             step += 1
             if step == phase.steps:
@@ -217,8 +221,13 @@ def train_phase(
                 result.wall_s += time.perf_counter() - t0
                 save_state()
                 PREEMPTION.honor()
-        mean_loss = (loss_sum / max(seen, 1)).item()
-        result.images_seen += seen * world_size
+        seen_global = seen
+        if world_size > 1:  # every rank sees the same mean loss, so all stop together on NaN
+            totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, seen_global = totals[0], int(totals[1].item())
+        mean_loss = (loss_sum / max(seen_global, 1)).item()
+        result.images_seen += seen_global
         result.wall_s += time.perf_counter() - t0
         result.train_loss = mean_loss
         if not math.isfinite(mean_loss):
