@@ -75,6 +75,9 @@ class PruningConf:
     levels: int | None = None
     target_sparsity: float | None = None
     one_shot: bool = False
+    # structured L1 filter pruning: one ratio per stage, conv names kept whole
+    stage_ratios: list[float] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +134,8 @@ def retrain_epochs(cfg: DictConfig) -> float:
 def level_plan(cfg: DictConfig) -> tuple[int, float]:
     """``(L, s)``: the number of pruning levels and the fraction of remaining weights each prunes."""
     p = cfg.pruning
+    if p.criterion == "l1_filter":
+        return int(p.levels or 1), 0.0
     if p.one_shot:
         return 1, float(p.target_sparsity)
     if p.rate is None:
@@ -189,9 +194,39 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < m.eta_min_ratio < 1, f"method.eta_min_ratio={m.eta_min_ratio}: must be in (0, 1)")
 
     _check(
-        p.criterion in ("global_magnitude", "layerwise_magnitude", "random"),
-        f"pruning.criterion={p.criterion}: expected global_magnitude, layerwise_magnitude or random",
+        p.criterion in ("global_magnitude", "layerwise_magnitude", "random", "l1_filter"),
+        f"pruning.criterion={p.criterion}: expected global_magnitude, layerwise_magnitude, random"
+        " or l1_filter",
     )
+    if p.criterion == "l1_filter":
+        _check(len(p.stage_ratios) > 0, "pruning.stage_ratios: l1_filter needs one ratio per stage")
+        for r in p.stage_ratios:
+            _check(0 <= r < 1, f"pruning.stage_ratios: {r} is outside [0, 1)")
+        _check(p.levels is None or p.levels >= 1, f"pruning.levels={p.levels}: must be >= 1")
+    else:
+        _check_unstructured(p)
+
+    if m.budget_epochs is not None:
+        _check(
+            m.budget_epochs > tr.epochs,
+            f"method.budget_epochs={m.budget_epochs}: the budget must exceed the dense phase"
+            f" train.epochs={tr.epochs}",
+        )
+        _check(
+            m.retrain_epochs is None,
+            "method.retrain_epochs: set either a budget (method.budget_epochs) or t, not both",
+        )
+    t = retrain_epochs(cfg)
+    _check(t > 0, f"method.retrain_epochs={t}: must be > 0")
+    if m.name in ("wr", "lrw"):
+        _check(
+            t <= tr.epochs,
+            f"method.retrain_epochs={t:g}: {m.name} replays the last t epochs of training, so t"
+            f" must be <= train.epochs={tr.epochs}",
+        )
+
+
+def _check_unstructured(p: DictConfig) -> None:
     if p.rate is not None:
         _check(0 < p.rate < 1, f"pruning.rate={p.rate}: must be in (0, 1)")
     if p.levels is not None:
@@ -212,23 +247,4 @@ def validate(cfg: DictConfig) -> None:
             len(given) == 2,
             "pruning: give exactly two of pruning.rate, pruning.levels, pruning.target_sparsity"
             f" (given: {', '.join(given) or 'none'})",
-        )
-
-    if m.budget_epochs is not None:
-        _check(
-            m.budget_epochs > tr.epochs,
-            f"method.budget_epochs={m.budget_epochs}: the budget must exceed the dense phase"
-            f" train.epochs={tr.epochs}",
-        )
-        _check(
-            m.retrain_epochs is None,
-            "method.retrain_epochs: set either a budget (method.budget_epochs) or t, not both",
-        )
-    t = retrain_epochs(cfg)
-    _check(t > 0, f"method.retrain_epochs={t}: must be > 0")
-    if m.name in ("wr", "lrw"):
-        _check(
-            t <= tr.epochs,
-            f"method.retrain_epochs={t:g}: {m.name} replays the last t epochs of training, so t"
-            f" must be <= train.epochs={tr.epochs}",
         )

@@ -45,6 +45,7 @@ from prune_cli.store import (
     write_rows,
     write_text,
 )
+from prune_cli.structured import apply_channel_removal, measure_inference, structured_level
 from prune_cli.train import Phase, evaluate, train_phase, write_lr_log
 
 log = logging.getLogger("prune_cli")
@@ -65,6 +66,30 @@ class Built:
     eta_last: float
     dense_flops: dict
     dist: Dist
+    dense_prunable: int
+    cfg: DictConfig
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.cfg.dataset.input_shape)
+
+    def wrap(self) -> None:
+        """(Re)build the masks and the forward module for the model's current parameters (after
+        structured pruning they are new tensors of new shapes)."""
+        cfg, d = self.cfg, self.dist
+        self.masks = Masks(prunable_parameters(self.model, list(cfg.model.prune_exclude)))
+        forward = self.model
+        if d.active:
+            ids = [self.device] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward = torch.compile(forward) if cfg.train.compile else forward
+
+    def fresh_model(self) -> nn.Module:
+        """A new instance of the configured architecture on the run's device."""
+        model = instantiate(self.cfg.model.net).to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,24 +148,17 @@ def build(cfg: DictConfig) -> Built:
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    masks = Masks(prunable_parameters(model, list(cfg.model.prune_exclude)))
-    forward = model
     if d.active:
         # same initial weights on every rank (DDP also broadcasts them, this makes it explicit)
         distributed.broadcast_tensors(d, list(model.state_dict().values()))
-        forward = DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    if cfg.train.compile:
-        forward = torch.compile(forward)
     spe = data.steps_per_epoch(cfg.train.batch_size)
     eta = original_schedule(cfg)
     total = cfg.train.epochs * spe
     lrs = schedules.per_step(eta, total, spe)
-    return Built(
+    b = Built(
         model=model,
-        forward=forward,
-        masks=masks,
+        forward=model,
+        masks=None,
         data=data,
         device=device,
         steps_per_epoch=spe,
@@ -149,7 +167,12 @@ def build(cfg: DictConfig) -> Built:
         eta_last=lrs[-1],
         dense_flops=count_flops(model, list(cfg.dataset.input_shape)),
         dist=d,
+        dense_prunable=0,
+        cfg=cfg,
     )
+    b.wrap()
+    b.dense_prunable = b.masks.total()
+    return b
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,15 +279,18 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
 def base_row(cfg: DictConfig, b: Built, level: int, chash: str) -> dict:
     counts = param_counts(b.model, b.masks.masks)
     dense_total = b.dense_flops["total"]
-    flops = remaining_flops(b.dense_flops, b.masks.layer_density())
-    density = b.masks.density()
+    if cfg.pruning.criterion == "l1_filter":  # the network itself is smaller: count it
+        flops = count_flops(b.model, b.input_shape)["total"]
+    else:
+        flops = remaining_flops(b.dense_flops, b.masks.layer_density())
+    density = b.masks.alive() / b.dense_prunable
     return {
         "level": level,
         "density": density,
         "compression": 1.0 / density,
         "nonzero_params": counts["nonzero_params"],
         "total_params": counts["total_params"],
-        "prunable_params": b.masks.total(),
+        "prunable_params": b.dense_prunable,
         "prunable_alive": b.masks.alive(),
         "dense_flops": dense_total,
         "flops": flops,
@@ -327,6 +353,50 @@ def guard_run_dir(run_dir: Path, chash: str) -> None:
         write_text(marker, json.dumps({"config_hash": chash}) + "\n")
 
 
+def prune_level(cfg: DictConfig, b: Built, level: int, s: float, gen, ckpt: Path) -> dict:
+    """Prune one level: masks (unstructured) or channel removal (``l1_filter``); its statistics."""
+    if cfg.pruning.criterion == "l1_filter":
+        stats = structured_level(b.model, cfg.pruning, b.input_shape)
+        plan = stats.pop("plan")
+        if b.dist.writer:
+            save_torch(plan, ckpt / f"level_{level:02d}_plan.pt")
+        distributed.barrier(b.dist)
+        b.wrap()
+        return stats
+    stats = b.masks.prune(s, cfg.pruning.criterion, gen)
+    distributed.broadcast_tensors(b.dist, b.masks._m)  # identical masks on every rank
+    b.masks.apply()
+    return stats
+
+
+def replay_plans(model: nn.Module, ckpt: Path, upto: int, input_shape: list[int]) -> bool:
+    """Apply the channel removals of levels ``1..upto`` saved in ``ckpt`` to ``model``."""
+    plans = [ckpt / f"level_{k:02d}_plan.pt" for k in range(1, upto + 1)]
+    for path in plans:
+        if path.exists():
+            apply_channel_removal(model, load_torch(path), input_shape)
+    return any(p.exists() for p in plans)
+
+
+def rewind(b: Built, snapshot: Path, ckpt: Path, level: int) -> None:
+    """Weight rewinding: the dense snapshot, made the current shape, with the current masks."""
+    state = load_torch(snapshot, b.device)
+    if b.cfg.pruning.criterion == "l1_filter":
+        fresh = b.fresh_model()
+        fresh.load_state_dict(state)
+        replay_plans(fresh, ckpt, level, b.input_shape)
+        state = fresh.state_dict()
+    b.model.load_state_dict(state)
+    b.masks.apply()
+
+
+def inference_speed(b: Built, cache: DenseCache) -> dict:
+    """Measured inference of the smaller network against the dense one, same device and process."""
+    dense_model = b.fresh_model()
+    dense_model.load_state_dict(load_torch(cache.final_path(), b.device))
+    return measure_inference(dense_model, b.model, b.input_shape, device=b.device)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows."""
     run_dir = Path(run_dir)
@@ -373,6 +443,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         rows.append(row)
     else:
         last = rows[-1]["level"]
+        if replay_plans(b.model, ckpt, last, b.input_shape):
+            b.wrap()
         b.model.load_state_dict(load_torch(ckpt / f"level_{last:02d}.pt", b.device))
         b.masks.load_state_dict(load_torch(ckpt / f"level_{last:02d}_masks.pt"))
         log.info("resuming %s after level %d", run_dir, last)
@@ -390,9 +462,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     for level in levels:
         t0 = time.perf_counter()
         gen.manual_seed(cfg.seed * 1000 + level)
-        stats = b.masks.prune(s, cfg.pruning.criterion, gen)
-        distributed.broadcast_tensors(b.dist, b.masks._m)  # identical masks on every rank
-        b.masks.apply()
+        stats = prune_level(cfg, b, level, s, gen, ckpt)
         acc_pruned = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
         overhead = time.perf_counter() - t0
         ctx = schedules.Context(
@@ -408,9 +478,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         )
         plan = schedules.plan(cfg.method.name, ctx)
         if plan.start == "rewind":
-            epoch = plan.params["rewind_epoch"]
-            b.model.load_state_dict(load_torch(cache.snapshot_path(int(round(epoch))), b.device))
-            b.masks.apply()
+            rewind(b, cache.snapshot_path(int(round(plan.params["rewind_epoch"]))), ckpt, level)
         phase = Phase(
             f"level_{level:02d}",
             plan.lr,
@@ -433,6 +501,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         t1 = time.perf_counter()
         acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
         overhead += time.perf_counter() - t1
+        if cfg.pruning.criterion == "l1_filter" and writer:
+            stats["inference"] = inference_speed(b, cache)
         row = base_row(cfg, b, level, chash) | {
             "acc_after_prune": acc_pruned,
             "acc": acc,

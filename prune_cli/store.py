@@ -30,17 +30,18 @@ def _plain(node: Any) -> Any:
 
 
 def _drop_none(obj: Any) -> Any:
-    # a key added later with default null leaves the hashes of existing configs unchanged
+    # a key added later with default null (or empty) leaves the hashes of existing configs as
+    # they were
     if isinstance(obj, dict):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None and v != [] and v != {}}
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
 
 
 def run_spec(cfg: DictConfig) -> dict:
-    """The part of a config that determines a run's results, as plain data (null values are
-    left out, so that adding an optional key does not rename existing runs and caches)."""
+    """The part of a config that determines a run's results, as plain data (null and empty
+    values are left out, so that adding an optional key does not rename existing runs and caches)."""
     spec = {k: _drop_none(_plain(cfg[k])) for k in cfg if k not in _NOT_HASHED}
     spec["dataset"] = {k: v for k, v in spec["dataset"].items() if k not in _NOT_HASHED_DATASET}
     spec["train"] = {k: v for k, v in spec["train"].items() if k != "snapshot_epochs"}
