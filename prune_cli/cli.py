@@ -31,10 +31,6 @@ OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
 register()
 
 
-class UserError(Exception):
-    """Any error that is the input's fault; its message is one line."""
-
-
 def one_line(e: BaseException) -> str:
     """A one-line message for a configuration, composition or data error."""
     from hydra.errors import ConfigCompositionException, MissingConfigException

@@ -55,17 +55,19 @@ class Masks:
     """Binary masks for the prunable weights of one model."""
 
     def __init__(self, params: dict[str, nn.Parameter]):
+        """All-ones masks for ``params`` (name -> parameter), in the parameters' dtype so that
+        re-applying them is one fused multiply."""
         self.params = params
         self.masks = {n: torch.ones_like(p, dtype=p.dtype) for n, p in params.items()}
         self._p = list(params.values())
-        self._m = list(self.masks.values())
+        self.tensors = list(self.masks.values())
 
     # --- counts --------------------------------------------------------------------------------
     def alive(self) -> int:
-        return int(sum(int(m.count_nonzero()) for m in self._m))
+        return int(sum(int(m.count_nonzero()) for m in self.tensors))
 
     def total(self) -> int:
-        return sum(m.numel() for m in self._m)
+        return sum(m.numel() for m in self.tensors)
 
     def density(self) -> float:
         return self.alive() / self.total()
@@ -80,12 +82,12 @@ class Masks:
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every pruned weight (one fused call over all masked tensors)."""
-        torch._foreach_mul_(self._p, self._m)
+        torch._foreach_mul_(self._p, self.tensors)
 
     @torch.no_grad()
     def violations(self) -> int:
         """Number of pruned weights that are not exactly zero (0 when the invariant holds)."""
-        return int(sum(int(((m == 0) & (p != 0)).sum()) for p, m in zip(self._p, self._m)))
+        return int(sum(int(((m == 0) & (p != 0)).sum()) for p, m in zip(self._p, self.tensors)))
 
     # --- removal ---------------------------------------------------------------------------------
     @torch.no_grad()

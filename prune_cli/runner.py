@@ -364,7 +364,7 @@ def prune_level(cfg: DictConfig, b: Built, level: int, s: float, gen, ckpt: Path
         b.wrap()
         return stats
     stats = b.masks.prune(s, cfg.pruning.criterion, gen)
-    distributed.broadcast_tensors(b.dist, b.masks._m)  # identical masks on every rank
+    distributed.broadcast_tensors(b.dist, b.masks.tensors)  # identical masks on every rank
     b.masks.apply()
     return stats
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -137,7 +136,15 @@ def read_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [_json(path, line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _json(path: Path, text: str) -> Any:
+    """``json.loads(text)``, or :class:`CorruptFileError` naming ``path`` if it is torn."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CorruptFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -182,7 +189,7 @@ class DenseCache:
         """The entry's metadata if it is complete, else ``None``."""
         if not self.meta_path.exists():
             return None
-        return json.loads(self.meta_path.read_text())
+        return _json(self.meta_path, self.meta_path.read_text())
 
     def snapshot_path(self, epoch: int) -> Path:
         return self.dir / f"snap_{epoch:04d}.pt"
@@ -200,10 +207,3 @@ class DenseCache:
     def commit(self, meta: dict) -> None:
         """Mark the entry complete (``meta.json`` is written last, atomically)."""
         write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True))
-
-
-def state_bytes(obj: Any) -> bytes:
-    """``torch.save`` to bytes (for hashing weights in tests and checks)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()

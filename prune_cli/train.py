@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import random
 import time
@@ -26,7 +27,9 @@ from tqdm.auto import tqdm
 from prune_cli.distributed import PREEMPTION
 from prune_cli.pruning import Masks
 from prune_cli.schedules import Schedule
-from prune_cli.store import load_torch, save_torch
+from prune_cli.store import load_torch, save_torch, write_text
+
+log = logging.getLogger("prune_cli")
 
 
 class DivergenceError(RuntimeError):
@@ -152,7 +155,15 @@ def train_phase(
                 masks.load_state_dict(state["masks"])
             set_rng_state(state["rng"])
             step = state["step"]
-            result = PhaseResult(state["images_seen"], state["wall_s"], state["lr_log"])
+            result = PhaseResult(
+                state["images_seen"],
+                state["wall_s"],
+                state["lr_log"],
+                state.get("train_loss", math.nan),
+            )
+            log.info(
+                "%s: resuming at step %d of %d (%s)", phase.name, step, phase.steps, state_path
+            )
     if step == 0 and on_epoch_end is not None:
         on_epoch_end(0)
 
@@ -170,12 +181,14 @@ def train_phase(
                 "images_seen": result.images_seen,
                 "wall_s": result.wall_s,
                 "lr_log": result.lr_log,
+                "train_loss": result.train_loss,
             },
             state_path,
         )
 
     spe, bs = phase.steps_per_epoch, train_cfg.batch_size
-    start_epoch = step // spe
+    # a state saved after the last step (the run was killed before recording it): nothing left
+    start_epoch = phase.epochs if step >= phase.steps else step // spe
     model.train()
     bar = tqdm(
         range(start_epoch, phase.epochs),
@@ -245,8 +258,6 @@ def train_phase(
 
 def write_lr_log(path: Path, lr_log: list[float], steps_per_epoch: int) -> None:
     """The per-step LR actually applied, as CSV ``step,epoch,lr`` (epoch is fractional)."""
-    from prune_cli.store import write_text
-
     lines = ["step,epoch,lr"] + [
         f"{i},{i / steps_per_epoch:.6f},{lr:.10g}" for i, lr in enumerate(lr_log)
     ]
