@@ -179,8 +179,8 @@ def validate(cfg: DictConfig) -> None:
     _check(
         tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16"
     )
-    for e in tr.snapshot_epochs:
-        _check(0 <= e <= tr.epochs, f"train.snapshot_epochs: {e} is outside [0, {tr.epochs}]")
+    for e in tr.snapshot_epochs:  # epochs past train.epochs are ignored (a shortened recipe)
+        _check(e >= 0, f"train.snapshot_epochs: {e} is negative")
     _check(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
         f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps",

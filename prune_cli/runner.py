@@ -181,11 +181,17 @@ def build(cfg: DictConfig) -> Built:
 
 
 def rewind_epochs(cfg: DictConfig) -> list[int]:
-    """Dense epochs whose weights must be kept: the configured ones plus WR's ``T − t``."""
-    epochs = set(int(e) for e in cfg.train.snapshot_epochs)
+    """Dense epochs this run reads from the cache: WR's rewind point ``T − t`` (none otherwise)."""
     if cfg.method.name == "wr":
-        epochs.add(int(round(cfg.train.epochs - retrain_epochs(cfg))))
-    return sorted(epochs)
+        return [int(round(cfg.train.epochs - retrain_epochs(cfg)))]
+    return []
+
+
+def keep_epochs(cfg: DictConfig) -> list[int]:
+    """Snapshots saved when this run trains the dense model: its own, the configured ones, and
+    epoch 0 (free, and WR's rewind point at t = T), so that sibling jobs find theirs."""
+    kept = {0, *(int(e) for e in cfg.train.snapshot_epochs), *rewind_epochs(cfg)}
+    return sorted(e for e in kept if e <= cfg.train.epochs)
 
 
 def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
@@ -212,7 +218,7 @@ def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
             meta = cache.meta() if d.writer else None
             train = distributed.broadcast(d, not ready() if d.writer else None)
             if train:
-                keep = set(needed) | set(meta.get("snapshots", []) if meta else [])
+                keep = set(keep_epochs(cfg)) | set(meta.get("snapshots", []) if meta else [])
                 if meta is not None:
                     log.info(
                         "dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed

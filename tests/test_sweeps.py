@@ -1,0 +1,283 @@
+"""Sweeps through the real `prune-run -m`: shared dense models, concurrent jobs, re-runs, the
+launchers, the quick start, and the paper presets of conf/experiment/.
+
+Every sweep is LeNet-300-100 on the bundled digits, shrunk to seconds; subprocesses run with one
+OpenMP thread (LeNet gains nothing from more, and idle threads spin under load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from prune_cli.cli import _compose, _jobs, prevalidate
+from prune_cli.config import retrain_epochs
+from prune_cli.runner import rewind_epochs
+from prune_cli.store import dense_hash
+
+# A sweep small enough for seconds: one level, short dense and retraining phases.
+TINY = ["experiment=quickstart", "train.epochs=2", "pruning.levels=1"]
+TRAINED = "training the dense model"
+NOTHING = "nothing to do"
+
+PRESETS = [
+    "renda_resnet56_curve",
+    "renda_resnet56_retrain_time",
+    "renda_resnet56_oneshot",
+    "lehua_restarting",
+    "zimmer_bimp",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def preset_checks():
+    """``prevalidate`` of every preset (~280 jobs, ~30 s of one core), started first in a
+    thread: it runs while the sweeps below wait on their single-threaded subprocesses.
+    Hydra's global state is used by this thread alone until the preset tests join it."""
+    with ThreadPoolExecutor(1) as pool:
+        futures = {n: pool.submit(prevalidate, ["-m", f"experiment={n}"]) for n in PRESETS}
+        yield futures
+
+
+def _env(root: Path) -> dict:
+    return {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
+
+
+def _argv(root: Path, *args: str) -> list[str]:
+    # Hydra's flags (`-m`) go before the overrides
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return [
+        sys.executable,
+        "-m",
+        "prune_cli.cli",
+        *flags,
+        "progress=false",
+        f"cache_dir={root / 'cache'}",
+        *overrides,
+    ]
+
+
+def prune_run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`prune-run ARGS` in `root` with a dense cache in `root/cache`; fails on a non-zero exit."""
+    proc = subprocess.run(
+        _argv(root, *args), cwd=root, capture_output=True, text=True, env=_env(root), timeout=600
+    )
+    assert proc.returncode == 0, f"prune-run {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def run_logs(sweep_dir: Path) -> dict[Path, str]:
+    """Each run's `run.log` (Hydra's file handler writes one per job, whatever the launcher)."""
+    return {p.parent: p.read_text() for p in sorted(sweep_dir.rglob("run.log"))}
+
+
+def results(sweep_dir: Path) -> dict[Path, list[dict]]:
+    return {
+        p.parent: [json.loads(line) for line in p.read_text().splitlines() if line]
+        for p in sorted(sweep_dir.rglob("results.jsonl"))
+    }
+
+
+def dense_entries(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "cache" / "dense").iterdir() if p.is_dir())
+
+
+# ----------------------------------------------------------------------------------------------
+# One 3-method x 2-seed sweep, then the same command again
+# ----------------------------------------------------------------------------------------------
+
+SWEEP_3X2 = [*TINY, "method=ft,wr,lrw", "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def sweep3x2(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("sweep3x2")
+    proc = prune_run(root, "-m", *SWEEP_3X2, f"hydra.sweep.dir={root / 'sweep'}")
+    return root, proc
+
+
+@pytest.fixture(scope="module")
+def rerun3x2(sweep3x2) -> tuple[Path, subprocess.CompletedProcess, dict[Path, bytes]]:
+    root, _ = sweep3x2
+    before = {p: p.read_bytes() for p in (root / "sweep").rglob("results.jsonl")}
+    proc = prune_run(root, "-m", *SWEEP_3X2, f"hydra.sweep.dir={root / 'sweep'}")
+    return root, proc, before
+
+
+def test_sweep_keeps_one_dense_model_per_seed(sweep3x2):
+    root, _ = sweep3x2
+    runs = results(root / "sweep")
+    assert len(runs) == 6 and all(len(rows) == 2 for rows in runs.values())
+    assert len(dense_entries(root)) == 2
+    by_seed: dict[int, set] = {}
+    for rows in runs.values():
+        by_seed.setdefault(rows[0]["seed"], set()).add((rows[0]["dense_cache"], rows[0]["acc"]))
+    # every method of a seed starts from the same cache entry and the same dense accuracy
+    assert sorted(by_seed) == [0, 1] and all(len(v) == 1 for v in by_seed.values())
+
+
+class DenseRetrainedError(AssertionError):
+    """More dense trainings than seeds (distinct from a failed sweep, which the xfail must not hide)."""
+
+
+def test_sweep_trains_each_dense_model_once(sweep3x2):
+    root, proc = sweep3x2
+    in_logs = sum(log.count(TRAINED) for log in run_logs(root / "sweep").values())
+    assert in_logs == proc.stdout.count(TRAINED)
+    if in_logs != 2:
+        raise DenseRetrainedError(f"{in_logs} dense trainings for 2 seeds:\n{proc.stdout}")
+
+
+def test_rerun_of_a_finished_sweep_does_nothing(rerun3x2):
+    root, proc, before = rerun3x2
+    assert TRAINED not in proc.stdout + proc.stderr
+    assert proc.stdout.count(NOTHING) == 6, proc.stdout
+    after = {p: p.read_bytes() for p in (root / "sweep").rglob("results.jsonl")}
+    assert after == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Two jobs started at the same moment on an empty cache
+# ----------------------------------------------------------------------------------------------
+
+
+def test_two_jobs_started_together_train_one_dense_model(tmp_path):
+    # a dense phase long enough (20 epochs) that the second job usually arrives while the
+    # first is still training; a short retraining keeps the test fast
+    common = [*TINY, "train.epochs=20", "method.retrain_epochs=1", "seed=0"]
+    procs = {
+        method: subprocess.Popen(
+            _argv(tmp_path, *common, f"method={method}", f"hydra.run.dir={tmp_path / method}"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(tmp_path),
+        )
+        for method in ("ft", "lrw")
+    }
+    outs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
+    for method, proc in procs.items():
+        assert proc.returncode == 0, f"{method}:\n{outs[method]}"
+    trained = [m for m, out in outs.items() if TRAINED in out]
+    assert len(trained) == 1, outs
+    (other,) = set(outs) - set(trained)
+    waited = "being trained by another job; waiting" in outs[other]
+    assert waited or "from the cache" in outs[other], outs[other]
+    print(f"{trained[0]} trained the dense model; {other} {'waited' if waited else 'loaded it'}")
+    assert len(dense_entries(tmp_path)) == 1
+    # both read the complete entry: the same dense accuracy at level 0
+    level0 = {m: results(tmp_path / m)[tmp_path / m][0] for m in outs}
+    assert level0["ft"]["acc"] == level0["lrw"]["acc"]
+    assert level0["ft"]["dense_cache"] == level0["lrw"]["dense_cache"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_submitit_local_sweep_completes_and_reports(tmp_path):
+    sweep = tmp_path / "sweep"
+    prune_run(
+        tmp_path,
+        "-m",
+        "launcher=submitit_local",
+        *TINY,
+        "method=ft,lrw",
+        "method.retrain_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+    )
+    runs = results(sweep)
+    assert sorted(rows[0]["method"] for rows in runs.values()) == ["ft", "lrw"]
+    assert all(len(rows) == 2 for rows in runs.values())
+    assert (sweep / "report.csv").is_file()
+    assert len(dense_entries(tmp_path)) == 1
+
+
+def test_joblib_sweep_completes(tmp_path):
+    sweep = tmp_path / "sweep"
+    prune_run(
+        tmp_path,
+        "-m",
+        "launcher=local",
+        *TINY,
+        "method=ft,lrw",
+        "method.retrain_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+    )
+    runs = results(sweep)
+    assert sorted(rows[0]["method"] for rows in runs.values()) == ["ft", "lrw"]
+    assert all(len(rows) == 2 for rows in runs.values())
+    assert (sweep / "report.csv").is_file()
+    # the two jobs ran side by side on one empty cache: one of them trained
+    assert sum(log.count(TRAINED) for log in run_logs(sweep).values()) == 1
+    assert len(dense_entries(tmp_path)) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The quick start, as the README gives it
+# ----------------------------------------------------------------------------------------------
+
+
+def test_quickstart_sweep_ends_with_the_comparison(tmp_path):
+    sweep = tmp_path / "sweep"
+    t0 = time.perf_counter()
+    proc = prune_run(tmp_path, "-m", "experiment=quickstart", f"hydra.sweep.dir={sweep}")
+    wall = time.perf_counter() - t0
+    load = os.getloadavg()[0]
+    print(f"quickstart sweep: {wall:.1f} s wall, load {load:.2f} on {os.cpu_count()} CPUs")
+    head = proc.stdout[proc.stdout.rindex("lenet300_100 on digits") :]
+    assert all(name in head.splitlines()[1] for name in ("FT", "WR", "LRW")), head
+    assert "1.95x" in head  # the table covers all 3 levels
+    assert (sweep / "acc_vs_compression.png").is_file()
+    assert (sweep / "report.csv").is_file()
+    assert len(results(sweep)) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper presets
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_and_every_job_validates(name, preset_checks: dict[str, Future]):
+    assert preset_checks[name].result() is None
+
+
+def test_preset_grid_sizes(preset_checks):
+    for future in preset_checks.values():
+        future.result()  # Hydra's global state is free again
+    sizes = {name: len(_jobs(["-m", f"experiment={name}"])[0]) for name in PRESETS}
+    assert sizes == {
+        "renda_resnet56_curve": 3 * 3,  # FT, LRW, WR(t=150) x 3 seeds
+        "renda_resnet56_retrain_time": 3 * 10 * 3,  # methods x t x seeds
+        "renda_resnet56_oneshot": 3 * 10 * 3,  # methods x densities x seeds
+        "lehua_restarting": 4 * 2 * 3 * 3,  # methods x criteria x sparsities x seeds
+        "zimmer_bimp": 2 * 3 * 3,  # ALLR (BIMP), LLR x sparsities x seeds
+    }
+
+
+@pytest.mark.parametrize("name", ["renda_resnet56_curve", "renda_resnet56_retrain_time"])
+def test_renda_presets_share_one_dense_model_per_seed(name, preset_checks):
+    """Every job of a seed has the same dense hash, and every WR rewind point is among the
+    snapshots any job keeps, so whichever job trains a seed's dense model serves them all."""
+    for future in preset_checks.values():
+        future.result()
+    jobs = [j for j in _jobs(["-m", f"experiment={name}"])[0] if "seed=0" in j]
+    cfgs = [_compose("config", None, j) for j in jobs]
+    assert len({dense_hash(c) for c in cfgs}) == 1
+    kept = {tuple(c.train.snapshot_epochs) for c in cfgs}
+    assert len(kept) == 1
+    assert {e for c in cfgs for e in rewind_epochs(c)} <= set(kept.pop())
+    if name == "renda_resnet56_curve":
+        got = sorted((c.method.name, retrain_epochs(c)) for c in cfgs)
+        assert got == [("ft", 182.0), ("lrw", 182.0), ("wr", 150.0)]
