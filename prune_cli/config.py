@@ -107,6 +107,7 @@ class Config:
     pruning: PruningConf = MISSING
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     deterministic: bool = False
     cache_dir: str = ".prune-cache"
     progress: bool = True
@@ -181,6 +182,7 @@ def validate(cfg: DictConfig) -> None:
     )
     for e in tr.snapshot_epochs:  # epochs past train.epochs are ignored (a shortened recipe)
         _check(e >= 0, f"train.snapshot_epochs: {e} is negative")
+    _check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1")
     _check(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
         f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps",

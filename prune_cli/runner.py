@@ -122,6 +122,8 @@ def build(cfg: DictConfig) -> Built:
     """Data on the device, the model (seeded init) and its all-ones masks; under torchrun or
     SLURM tasks, the process group and the DDP-wrapped forward."""
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = distributed.init(device)
     if d.active and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)

@@ -20,7 +20,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change what a run computes (where it reads data, how it reports progress).
-_NOT_HASHED = {"hydra", "progress", "cache_dir", "rerun", "device"}
+_NOT_HASHED = {"hydra", "progress", "cache_dir", "rerun", "device", "threads"}
 _NOT_HASHED_DATASET = {"root", "download"}
 
 

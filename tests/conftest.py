@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from prune_cli.cli import _compose
+
+# The suite runs on 2 cores with 2 pytest workers: one torch thread each (also in subprocesses)
+# avoids oversubscription, which slows these tiny models down several times.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # Settings every tiny run shares: no progress bars, a private dense cache.
 QUIET = ["progress=false"]
