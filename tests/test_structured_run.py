@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import run_inprocess
 
 SMALL = [
@@ -45,6 +44,7 @@ def test_l1_filter_levels_shrink_the_network_and_resume(tmp_path):
 
 
 def test_l1_filter_with_weight_rewinding(tmp_path):
-    rows = run_inprocess(tmp_path / "wr", *SMALL, "method=wr", "method.retrain_epochs=1",
-                         "pruning.levels=1")
+    rows = run_inprocess(
+        tmp_path / "wr", *SMALL, "method=wr", "method.retrain_epochs=1", "pruning.levels=1"
+    )
     assert rows[1]["rewind_epoch"] == 1 and rows[1]["total_params"] < rows[0]["total_params"]
