@@ -59,7 +59,13 @@ def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None] | None:
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+
+    def error(message: str):  # argparse would print its usage (many lines) and exit
+        raise ConfigError(f"command line: {message} (overrides go after -m/--multirun)")
+
+    parser.error = error
+    args = parser.parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
         return None
     if getattr(args, "experimental_rerun", None):
@@ -68,6 +74,11 @@ def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None] | None:
     parser = OverridesParser.create()
     cli = list(args.overrides)
     if not args.multirun:
+        cfg = _compose(name, args.config_dir, cli, True)
+        # before Hydra writes <run dir>/.hydra/: refuse a directory holding another config's run
+        from prune_cli.runner import check_run_dir
+
+        check_run_dir(Path(cfg.hydra.run.dir), config_hash(cfg))
         return [cli], name, args.config_dir
     sweep_params = _compose(
         name, args.config_dir, [o for o in cli if not _is_sweep(parser, o)], True

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = next(
     (
@@ -158,10 +158,34 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+_TYPED = {
+    "": Config,
+    "model": ModelConf,
+    "dataset": DatasetConf,
+    "train": TrainConf,
+    "train.schedule": ScheduleConf,
+    "method": MethodConf,
+    "pruning": PruningConf,
+}
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """``+key=value`` can add keys the schema lacks; refuse them (a typo would be ignored)."""
+    from dataclasses import fields
+
+    for path, schema in _TYPED.items():
+        node = cfg if not path else OmegaConf.select(cfg, path)
+        known = {f.name for f in fields(schema)} | {"hydra"}
+        for key in node:
+            full = f"{path}.{key}" if path else str(key)
+            _check(key in known, f"{full}: unknown key (not in {schema.__name__})")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line, naming the key) if ``cfg`` cannot run."""
     from prune_cli.schedules import METHODS  # local: keeps config importable without torch
 
+    _check_known_keys(cfg)
     tr, m, p = cfg.train, cfg.method, cfg.pruning
     _check(tr.epochs > 0, f"train.epochs={tr.epochs}: must be > 0")
     _check(tr.batch_size > 0, f"train.batch_size={tr.batch_size}: must be > 0")
@@ -180,6 +204,7 @@ def validate(cfg: DictConfig) -> None:
     _check(
         tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16"
     )
+    _check(tr.schedule.gamma > 0, f"train.schedule.gamma={tr.schedule.gamma}: must be > 0")
     for e in tr.snapshot_epochs:  # epochs past train.epochs are ignored (a shortened recipe)
         _check(e >= 0, f"train.snapshot_epochs: {e} is negative")
     _check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1")

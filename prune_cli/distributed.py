@@ -89,11 +89,14 @@ class Preemption:
     SLURM (through submitit, ``--signal=USR2@<signal_delay_s>``) sends SIGUSR2 before it
     preempts or times out a job. The handler installed here only sets a flag; the training loop
     saves its state at the next step boundary and then calls the handler that was installed
-    before (submitit's, which requeues the same job into the same directory and exits).
+    before (submitit's, which requeues the same job into the same directory and exits). Outside
+    the training loop (waiting for the dense cache, evaluating) the handler hands over at once:
+    the last saved state is at most that phase's start.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.training = False  # set by the training loop, which saves its state first
         self._previous: Any = None
         self._signum: int | None = None
 
@@ -111,6 +114,8 @@ class Preemption:
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if not self.training:  # waiting for a lock, evaluating, writing: nothing to save
+            self.honor()
 
     def honor(self) -> None:
         """After the state is saved: hand over to the previous handler, or exit."""

@@ -142,6 +142,11 @@ def build(cfg: DictConfig) -> Built:
         raise ConfigError(
             f"dataset.num_classes={cfg.dataset.num_classes}: the data has {data.num_classes} classes"
         )
+    if list(data.input_shape) != list(cfg.dataset.input_shape):
+        raise ConfigError(
+            f"dataset.input_shape={list(cfg.dataset.input_shape)}: the data's inputs are"
+            f" {list(data.input_shape)}"
+        )
     torch.manual_seed(cfg.seed)
     try:
         model = instantiate(cfg.model.net)
@@ -347,9 +352,9 @@ def table(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def guard_run_dir(run_dir: Path, chash: str) -> None:
-    """Refuse a run directory that holds another configuration's run."""
-    marker = run_dir / "run.json"
+def check_run_dir(run_dir: Path, chash: str) -> None:
+    """Refuse a run directory that holds another configuration's run (writes nothing)."""
+    marker = Path(run_dir) / "run.json"
     if marker.exists():
         other = json.loads(marker.read_text()).get("config_hash")
         if other != chash:
@@ -357,7 +362,13 @@ def guard_run_dir(run_dir: Path, chash: str) -> None:
                 f"hydra.run.dir={run_dir}: holds another configuration's run"
                 f" (hash {str(other)[:10]} != {chash[:10]}); choose another directory"
             )
-    else:
+
+
+def guard_run_dir(run_dir: Path, chash: str) -> None:
+    """Refuse a run directory that holds another configuration's run; claim a new one."""
+    check_run_dir(run_dir, chash)
+    marker = run_dir / "run.json"
+    if not marker.exists():
         write_text(marker, json.dumps({"config_hash": chash}) + "\n")
 
 

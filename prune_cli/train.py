@@ -201,57 +201,61 @@ def train_phase(
         dynamic_ncols=True,
     )
     lr = float("nan")
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        done_in_epoch = step - epoch * spe  # > 0 only when resuming inside this epoch
-        for i, (x, y) in enumerate(data.train_batches(bs, phase.epoch_seed(epoch))):
-            if i < done_in_epoch:
-                continue
-            lr = phase.lr(step / spe)
-            result.lr_log.append(lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # the mean over the *global* batch, so that N ranks (whose gradients DDP averages)
-            # compute exactly the gradient of one process, also when shards differ in size
-            n_global = min(bs, data.n_train - i * bs)
-            with autocast(device, train_cfg.precision):
-                ce = F.cross_entropy(forward(x), y, reduction="sum")
-            loss = ce * (world_size / n_global)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if masks is not None:
-                masks.apply()
-            loss_sum += ce.detach().float()
-            seen += y.shape[0]
-            step += 1
-            if step == phase.steps:
-                break
-            if PREEMPTION.requested:
-                result.images_seen += seen * world_size
-                result.wall_s += time.perf_counter() - t0
-                save_state()
-                PREEMPTION.honor()
-        seen_global = seen
-        if world_size > 1:  # every rank sees the same mean loss, so all stop together on NaN
-            totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
-            torch.distributed.all_reduce(totals)
-            loss_sum, seen_global = totals[0], int(totals[1].item())
-        mean_loss = (loss_sum / max(seen_global, 1)).item()
-        result.images_seen += seen_global
-        result.wall_s += time.perf_counter() - t0
-        result.train_loss = mean_loss
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(
-                f"{phase.name}, epoch {epoch + 1}: training loss is {mean_loss}"
-                " (diverged; try a smaller train.lr)"
-            )
-        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-        save_state()
+    PREEMPTION.training = True
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            done_in_epoch = step - epoch * spe  # > 0 only when resuming inside this epoch
+            for i, (x, y) in enumerate(data.train_batches(bs, phase.epoch_seed(epoch))):
+                if i < done_in_epoch:
+                    continue
+                lr = phase.lr(step / spe)
+                result.lr_log.append(lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                # the mean over the *global* batch, so that N ranks (whose gradients DDP averages)
+                # compute exactly the gradient of one process, also when shards differ in size
+                n_global = min(bs, data.n_train - i * bs)
+                with autocast(device, train_cfg.precision):
+                    ce = F.cross_entropy(forward(x), y, reduction="sum")
+                loss = ce * (world_size / n_global)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if masks is not None:
+                    masks.apply()
+                loss_sum += ce.detach().float()
+                seen += y.shape[0]
+                step += 1
+                if step == phase.steps:
+                    break
+                if PREEMPTION.requested:
+                    result.images_seen += seen * world_size
+                    result.wall_s += time.perf_counter() - t0
+                    save_state()
+                    PREEMPTION.honor()
+            seen_global = seen
+            if world_size > 1:  # every rank sees the same mean loss, so all stop together on NaN
+                totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+                torch.distributed.all_reduce(totals)
+                loss_sum, seen_global = totals[0], int(totals[1].item())
+            mean_loss = (loss_sum / max(seen_global, 1)).item()
+            result.images_seen += seen_global
+            result.wall_s += time.perf_counter() - t0
+            result.train_loss = mean_loss
+            if not math.isfinite(mean_loss):
+                raise DivergenceError(
+                    f"{phase.name}, epoch {epoch + 1}: training loss is {mean_loss}"
+                    " (diverged; try a smaller train.lr)"
+                )
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+            save_state()
+    finally:
+        PREEMPTION.training = False
     bar.close()
     return result
 

@@ -1,0 +1,222 @@
+"""Bad input: exit status 2, one line `prune-run: error: ...` naming the problem, nothing started
+and nothing that was there overwritten.
+
+Config-level problems are checked in this process through `prevalidate` (what `prune-run` runs
+before Hydra starts anything); a set of problems that show only when the run builds its data and
+model, plus a few config-level ones, go through the real CLI in subprocesses (started together).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUIET
+from datafiles import write_mnist
+
+from prune_cli.cli import prevalidate
+
+BASE = ["experiment=quickstart"]
+
+# (overrides, a substring the line must contain)
+CONFIG = [
+    # unknown groups, options and keys
+    (["model=bogus"], "model/bogus"),
+    (["method=bogus"], "method/bogus"),
+    (["dataset=bogus"], "dataset/bogus"),
+    (["pruning=bogus"], "pruning/bogus"),
+    (["experiment=nope"], "experiment/nope"),
+    (["launcher=bogus"], "launcher/bogus"),
+    (["train.bogus_key=1"], "train.bogus_key"),
+    (["bogus=1"], "bogus"),
+    (["method.name=bogus"], "method.name"),
+    (["pruning.criterion=biggest"], "pruning.criterion"),
+    (["train.schedule.kind=exp"], "train.schedule.kind"),
+    (["train.precision=fp16"], "train.precision"),
+    (["device=tpu"], "device"),
+    # wrong types
+    (["train.epochs=abc"], "train.epochs"),
+    (["train.epochs=3.5"], "train.epochs"),
+    (["train.lr=fast"], "train.lr"),
+    (["pruning.levels=1.5"], "pruning.levels"),
+    (["progress=maybe"], "progress"),
+    (["seed=abc"], "seed"),
+    (["train.schedule.milestones=[a]"], "train.schedule.milestones"),
+    # out of range
+    (["train.epochs=0"], "train.epochs"),
+    (["train.batch_size=-1"], "train.batch_size"),
+    (["train.eval_batch_size=0"], "train.eval_batch_size"),
+    (["train.lr=-0.1"], "train.lr"),
+    (["train.momentum=1.0"], "train.momentum"),
+    (["train.weight_decay=-1"], "train.weight_decay"),
+    (["pruning.rate=1.5"], "pruning.rate"),
+    (["pruning.rate=0"], "pruning.rate"),
+    (["pruning.levels=0"], "pruning.levels"),
+    (["pruning.rate=null", "pruning.target_sparsity=1"], "pruning.target_sparsity"),
+    (["method.retrain_epochs=0"], "method.retrain_epochs"),
+    (["method.warmup_fraction=1.5"], "method.warmup_fraction"),
+    (["method.eta_min_ratio=0"], "method.eta_min_ratio"),
+    (["train.schedule.warmup_epochs=10"], "train.schedule.warmup_epochs"),
+    (["train.snapshot_epochs=[-1]"], "train.snapshot_epochs"),
+    # impossible combinations
+    (["pruning.target_sparsity=0.5"], "exactly two"),
+    (["pruning.rate=null", "pruning.levels=null"], "exactly two"),
+    (["pruning=one_shot", "pruning.target_sparsity=null"], "pruning.target_sparsity"),
+    (["method=wr", "method.retrain_epochs=500"], "method.retrain_epochs"),
+    (["method=lrw", "method.retrain_epochs=11"], "method.retrain_epochs"),
+    (["method=bimp", "method.budget_epochs=5"], "method.budget_epochs"),
+    (["method=bimp", "method.retrain_epochs=2"], "method.retrain_epochs"),
+    # malformed command lines, sweeps with one bad point
+    (["train.epochs"], "train.epochs"),
+    (["-m", "method=ft,bogus"], "method/bogus"),
+    (["-m", "pruning.rate=0.2,2"], "pruning.rate"),
+    pytest.param(
+        ["+train.epoch=3"],
+        "train.epoch",
+        id="+train.epoch=3",
+    ),
+    pytest.param(
+        ["train.schedule.gamma=-1"],
+        "train.schedule.gamma",
+        id="train.schedule.gamma=-1",
+    ),
+    pytest.param(
+        ["method=ft", "-m", "seed=0,1"],
+        "unrecognized arguments",
+        id="overrides then -m",
+    ),
+]
+
+
+def _id(case) -> str:
+    return case.id if hasattr(case, "id") else " ".join(case[0])
+
+
+def _argv(args: list[str]) -> list[str]:
+    """The command line: the quick start plus ``args`` (a leading ``-m`` stays first)."""
+    return ["-m", *BASE, *args[1:]] if args[:1] == ["-m"] else [*BASE, *args]
+
+
+@pytest.mark.parametrize(("args", "names"), CONFIG, ids=[_id(c) for c in CONFIG])
+def test_config_error_is_one_line_naming_the_key(args, names):
+    argv = _argv(args)
+    try:
+        line = prevalidate(argv)
+    except SystemExit as e:
+        pytest.fail(f"prevalidate exited ({e.code}) instead of returning one line")
+    assert line is not None, f"{argv}: accepted"
+    assert "\n" not in line and names in line, line
+
+
+def test_good_input_passes_prevalidation():
+    assert prevalidate(BASE) is None
+    assert prevalidate(["-m", *BASE]) is None  # the quick start's own sweep: ft, wr, lrw
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the real CLI
+# ----------------------------------------------------------------------------------------------
+
+OTHER_RUN = {
+    "run.json": json.dumps({"config_hash": "0" * 64}) + "\n",
+    "results.jsonl": json.dumps({"level": 0, "acc": 0.5}) + "\n",
+    "summary.txt": "another run's table\n",
+    ".hydra/config.yaml": "another: run\n",
+}
+
+
+def _another_run(tmp: Path) -> list[str]:
+    for name, text in OTHER_RUN.items():
+        (tmp / "run" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "run" / name).write_text(text)
+    (tmp / "run" / "checkpoints").mkdir()
+    torch.save({"w": torch.ones(3)}, tmp / "run" / "checkpoints" / "level_00.pt")
+    return []
+
+
+def _torn_mnist(tmp: Path) -> list[str]:
+    raw = write_mnist(tmp / "mnist", n_train=20, n_test=10)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:500])
+    return ["dataset=mnist", f"dataset.root={tmp / 'mnist'}", "dataset.download=false"]
+
+
+def _no_mnist(tmp: Path) -> list[str]:
+    return ["dataset=mnist", f"dataset.root={tmp / 'nowhere'}", "dataset.download=false"]
+
+
+# name: (setup returning extra overrides, or plain overrides; a substring of the line)
+CLI = {
+    "unknown group option": (["model=bogus"], "model/bogus"),
+    "exclusion naming no layer": (["model.prune_exclude=[fc9]"], "model.prune_exclude"),
+    "classes differ from the data": (["dataset.num_classes=5"], "dataset.num_classes"),
+    "loader that cannot be imported": (
+        ["dataset.loader._target_=nope.load"],
+        "dataset.loader._target_",
+    ),
+    "missing data, no download": (_no_mnist, "nowhere"),
+    "torn data file": (_torn_mnist, "train-images-idx3-ubyte"),
+    "run dir holding another config's run": (_another_run, "another configuration's run"),
+    "input shape differs from the data": (["dataset.input_shape=[3,32,32]"], "dataset.input_shape"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory) -> dict[str, tuple]:
+    """Every CLI case started at once (each in its own directory); their results."""
+    procs = {}
+    for name, (how, _) in CLI.items():
+        tmp = tmp_path_factory.mktemp("bad")
+        extra = how(tmp) if callable(how) else how
+        argv = [
+            *[sys.executable, "-m", "prune_cli.cli", *QUIET],
+            *[f"cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", *BASE, *extra],
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNE_CLI_DATA": str(tmp / "data")}
+        before = snapshot(tmp)
+        procs[name] = (
+            subprocess.Popen(
+                argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ),
+            tmp,
+            before,
+        )
+    out = {}
+    for name, (p, tmp, before) in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        out[name] = (p.returncode, stdout.decode(), stderr.decode(), tmp, before)
+    return out
+
+
+def snapshot(tmp: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+
+
+CLI_PARAMS = list(CLI)
+
+
+@pytest.mark.parametrize("case", CLI_PARAMS)
+def test_cli_bad_input_exits_2_with_one_line_and_starts_nothing(cli_results, case):
+    rc, out, err, tmp, before = cli_results[case]
+    assert rc == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prune-run: error:"), err
+    assert CLI[case][1] in lines[0], lines[0]
+    # nothing started: no level recorded, no dense model trained or cached
+    assert not (tmp / "cache" / "dense").exists()
+    assert not any(p.name == "results.jsonl" and p not in before for p in tmp.rglob("*"))
+    # nothing that was there is overwritten (Hydra's own log and config copy: see below)
+    for path, data in before.items():
+        if path.name != "run.log" and ".hydra" not in path.parts:
+            assert path.read_bytes() == data, f"{path} was overwritten"
+
+
+def test_another_configs_run_keeps_its_hydra_files(cli_results):
+    rc, out, err, tmp, before = cli_results["run dir holding another config's run"]
+    assert rc == 2
+    assert (tmp / "run" / ".hydra" / "config.yaml").read_text() == OTHER_RUN[".hydra/config.yaml"]
