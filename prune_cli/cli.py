@@ -111,6 +111,18 @@ def _importable(key: str, target: str) -> None:
         raise ConfigError(f"{key}={target}: cannot be imported ({one_line(cause)})") from e
 
 
+def _check_filter_plan(cfg: DictConfig) -> None:
+    """Plan L1 filter pruning on a fresh model: ratios that empty a layer, or skip entries that
+    name no layer, fail now rather than after the dense training."""
+    from hydra.utils import instantiate
+
+    from prune_cli.structured import plan_l1_filter
+
+    model = instantiate(cfg.model.net)
+    p = cfg.pruning
+    plan_l1_filter(model, list(p.stage_ratios), list(p.skip), list(cfg.dataset.input_shape))
+
+
 def prevalidate(argv: list[str]) -> str | None:
     """Compose and validate every job of ``argv``; the first problem as one line, or None."""
     try:
@@ -127,6 +139,8 @@ def prevalidate(argv: list[str]) -> str | None:
                 if target and target not in located:
                     _importable(f"{key}._target_", target)
                     located.add(target)
+            if cfg.pruning.criterion == "l1_filter":
+                _check_filter_plan(cfg)
     except Exception as e:  # noqa: BLE001 - every failure here is reported as one line
         return one_line(e)
     return None

@@ -70,6 +70,29 @@ CONFIG = [
     (["method=wr", "method.retrain_epochs=500"], "method.retrain_epochs"),
     (["method=lrw", "method.retrain_epochs=11"], "method.retrain_epochs"),
     (["method=bimp", "method.budget_epochs=5"], "method.budget_epochs"),
+    # structured pruning, checked on a fresh model before the dense training
+    (
+        [
+            "model=resnet20",
+            "dataset=synthetic",
+            "pruning=l1_filter",
+            "pruning.stage_ratios=[0.99,0.1,0.1]",
+        ],
+        "pruning.stage_ratios",
+    ),
+    (
+        [
+            "model=resnet20",
+            "dataset=synthetic",
+            "pruning=l1_filter",
+            "pruning.stage_ratios=[0.1,1.0,0.1]",
+        ],
+        "pruning.stage_ratios",
+    ),
+    (
+        ["model=resnet20", "dataset=synthetic", "pruning=l1_filter", "pruning.skip=[layer9.conv1]"],
+        "pruning.skip",
+    ),
     (["method=bimp", "method.retrain_epochs=2"], "method.retrain_epochs"),
     # malformed command lines, sweeps with one bad point
     (["train.epochs"], "train.epochs"),

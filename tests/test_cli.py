@@ -133,3 +133,23 @@ def test_missing_cifar_root_fails_before_training(cli, tmp_path):
     assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0]
     assert not (tmp_path / "run" / "results.jsonl").exists()
     assert not (tmp_path / "cache").exists()
+
+
+def test_lenet_on_mnist_idx_files(cli, tmp_path):
+    from datafiles import write_mnist
+
+    root = tmp_path / "mnist"
+    write_mnist(root, n_train=200, n_test=100, gz=True)
+    cli(
+        "model=lenet300_100",
+        "dataset=mnist",
+        f"dataset.root={root}",
+        "dataset.download=false",
+        "train.epochs=2",
+        "pruning.levels=1",
+        "device=cpu",
+    )
+    rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert (
+        rows[0]["dataset"] == "mnist" and rows[0]["prunable_params"] == 784 * 300 + 300 * 100 + 1000
+    )
