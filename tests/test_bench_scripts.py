@@ -108,3 +108,29 @@ def test_recommendation_is_where_aggregate_growth_falls_to_10_percent():
     assert recommend(rows(100, 180, 250, 260)) == 4
     assert recommend(rows(100, 105, 300)) == 1
     assert recommend(rows(100, 200, 400, 800)) == 8
+
+
+def test_bench_structured_prints_counts_and_speed():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "bench_structured.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--device",
+            "cpu",
+            "--models",
+            "resnet56",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "l1_filter_resnet56_b: 735,712 params" in proc.stdout
+    assert "measured speedup" in proc.stdout
