@@ -1,8 +1,9 @@
 """The one typed schema of a run and the semantic checks made before anything starts.
 
 The YAML files under ``conf/`` hold every default; the dataclasses here only say which keys
-exist and what type they have (Hydra merges each YAML into its typed node, so an unknown key
-or a wrong type is rejected at composition). :func:`validate` adds the checks that types
+exist and what type they have (``MISSING``: every group file sets it; ``None`` or empty: an
+optional key that most files leave out). Hydra merges each YAML into its typed node, so an
+unknown key or a wrong type is rejected at composition. :func:`validate` adds the checks that types
 cannot express and raises :class:`ConfigError` with one line naming the key.
 """
 
@@ -34,9 +35,9 @@ class ConfigError(ValueError):
 @dataclass
 class ScheduleConf:
     kind: str = MISSING  # step | constant | linear | cosine
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    milestones: list[float] = MISSING
+    gamma: float = MISSING
+    warmup_epochs: float = MISSING
 
 
 @dataclass
@@ -49,32 +50,32 @@ class TrainConf:
     lr_reference_batch: int | None = None
     momentum: float = MISSING
     weight_decay: float = MISSING
-    nesterov: bool = False
-    schedule: ScheduleConf = field(default_factory=ScheduleConf)
-    eval_batch_size: int = 1000
-    snapshot_epochs: list[int] = field(default_factory=list)
-    precision: str = "fp32"  # fp32 | bf16
-    channels_last: bool = False
-    compile: bool = False
+    nesterov: bool = MISSING
+    schedule: ScheduleConf = MISSING
+    eval_batch_size: int = MISSING
+    snapshot_epochs: list[int] = MISSING
+    precision: str = MISSING  # fp32 | bf16
+    channels_last: bool = MISSING
+    compile: bool = MISSING
 
 
 @dataclass
 class MethodConf:
     name: str = MISSING
-    retrain_epochs: float | None = None
-    warmup_fraction: float = 0.0
-    eta_min_ratio: float = 0.001
-    budget_epochs: float | None = None
+    retrain_epochs: float | None = MISSING
+    warmup_fraction: float = MISSING
+    eta_min_ratio: float = MISSING
+    budget_epochs: float | None = MISSING
 
 
 @dataclass
 class PruningConf:
     name: str = MISSING
     criterion: str = MISSING
-    rate: float | None = None
-    levels: int | None = None
-    target_sparsity: float | None = None
-    one_shot: bool = False
+    rate: float | None = MISSING
+    levels: int | None = MISSING
+    target_sparsity: float | None = MISSING
+    one_shot: bool = MISSING
     # structured L1 filter pruning: one ratio per stage, conv names kept whole
     stage_ratios: list[float] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
@@ -84,17 +85,17 @@ class PruningConf:
 class ModelConf:
     name: str = MISSING
     net: Any = MISSING
-    prune_exclude: list[str] = field(default_factory=list)
+    prune_exclude: list[str] = MISSING
 
 
 @dataclass
 class DatasetConf:
     name: str = MISSING
     root: str = MISSING
-    download: bool = True
+    download: bool = MISSING
     num_classes: int = MISSING
     input_shape: list[int] = MISSING
-    augment: bool = False
+    augment: bool = MISSING
     loader: Any = MISSING
 
 
@@ -105,13 +106,13 @@ class Config:
     train: TrainConf = MISSING
     method: MethodConf = MISSING
     pruning: PruningConf = MISSING
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    deterministic: bool = False
-    cache_dir: str = ".prune-cache"
-    progress: bool = True
-    rerun: bool = False
+    seed: int = MISSING
+    device: str = MISSING
+    threads: int | None = MISSING
+    deterministic: bool = MISSING
+    cache_dir: str = MISSING
+    progress: bool = MISSING
+    rerun: bool = MISSING
 
 
 def register() -> None:
@@ -245,6 +246,12 @@ def validate(cfg: DictConfig) -> None:
         )
     t = retrain_epochs(cfg)
     _check(t > 0, f"method.retrain_epochs={t}: must be > 0")
+    if m.name == "wr":
+        _check(
+            float(tr.epochs - t).is_integer(),
+            f"method.retrain_epochs={t:g}: wr rewinds to dense epoch T - t, which must be a whole"
+            " epoch",
+        )
     if m.name in ("wr", "lrw"):
         _check(
             t <= tr.epochs,

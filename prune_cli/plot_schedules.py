@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from prune_cli import schedules
+from prune_cli.config import retrain_epochs, validate
 
 LABELS = {
     "ft": "FT",
@@ -23,31 +24,26 @@ LABELS = {
 }
 
 
-def curves(cfg, steps_per_epoch: int, d1: float, s: float) -> dict[str, tuple[list, list]]:
-    """(epochs, LRs) per step of one level for every method, under the config's recipe and t."""
-    from prune_cli.config import retrain_epochs
-    from prune_cli.runner import original_schedule
+def curves(overrides: list[str], steps_per_epoch: int, d1: float, s: float) -> dict:
+    """(epochs, LRs) per step of one level for every method under the recipe and ``t`` that
+    ``prune-run OVERRIDES`` would use; each method with its own config (e.g. CLR's warm-up)."""
+    from prune_cli.cli import _compose
+    from prune_cli.runner import level_context, original_schedule
 
-    eta = original_schedule(cfg)
-    T, t = cfg.train.epochs, retrain_epochs(cfg)
+    base = _compose("config", None, overrides)
+    eta, T = original_schedule(base), base.train.epochs
     dense = schedules.per_step(eta, T * steps_per_epoch, steps_per_epoch)
     out = {"original": ([i / steps_per_epoch for i in range(len(dense))], dense)}
-    steps = max(1, round(t * steps_per_epoch))
-    xs = [i / steps_per_epoch for i in range(steps)]
     for name in LABELS:
-        m = cfg.method
-        c = schedules.Context(
-            eta=eta,
-            T=T,
-            t=min(t, T) if name in ("wr", "lrw") else t,
-            eta_max=max(dense),
-            eta_last=dense[-1],
-            s=s,
-            d1=d1,
-            warmup_fraction=m.warmup_fraction if name not in ("clr",) else 0.1,
-            eta_min_ratio=m.eta_min_ratio,
-        )
-        out[name] = (xs, schedules.per_step(schedules.plan(name, c).lr, steps, steps_per_epoch))
+        extra = [f"method={name}"]
+        if name in ("wr", "lrw") and retrain_epochs(base) > T:
+            extra.append(f"method.retrain_epochs={T}")  # they replay at most the whole schedule
+        cfg = _compose("config", None, [*overrides, *extra])
+        t = retrain_epochs(cfg)
+        steps = max(1, round(t * steps_per_epoch))
+        plan = schedules.plan(name, level_context(cfg, eta, max(dense), dense[-1], s, d1))
+        xs = [i / steps_per_epoch for i in range(steps)]
+        out[name] = (xs, schedules.per_step(plan.lr, steps, steps_per_epoch))
     return out
 
 
@@ -70,10 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         cfg = _compose("config", None, args.overrides)
-        from prune_cli.config import retrain_epochs, validate
-
         validate(cfg)
-        data = curves(cfg, args.steps_per_epoch, args.d1, args.rate)
+        data = curves(args.overrides, args.steps_per_epoch, args.d1, args.rate)
     except Exception as e:  # noqa: BLE001 - one line, as prune-run
         print(f"prune-schedules: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)

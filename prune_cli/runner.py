@@ -118,6 +118,23 @@ def original_schedule(cfg: DictConfig) -> schedules.Schedule:
     )
 
 
+def level_context(
+    cfg: DictConfig, eta: schedules.Schedule, eta_max: float, eta_last: float, s: float, d1: float
+) -> schedules.Context:
+    """What the configured retraining method sees at a level with prune statistics ``s``, ``d1``."""
+    return schedules.Context(
+        eta=eta,
+        T=cfg.train.epochs,
+        t=retrain_epochs(cfg),
+        eta_max=eta_max,
+        eta_last=eta_last,
+        s=s,
+        d1=d1,
+        warmup_fraction=cfg.method.warmup_fraction,
+        eta_min_ratio=cfg.method.eta_min_ratio,
+    )
+
+
 def build(cfg: DictConfig) -> Built:
     """Data on the device, the model (seeded init) and its all-ones masks; under torchrun or
     SLURM tasks, the process group and the DDP-wrapped forward."""
@@ -230,6 +247,9 @@ def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
                     log.info(
                         "dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed
                     )
+                    # incomplete from now on: readers that do not hold the lock must not pair
+                    # the old final weights with new snapshots
+                    cache.meta_path.unlink(missing_ok=True)
                 train_dense(cfg, b, cache, sorted(keep))
         finally:
             if lock is not None:
@@ -275,7 +295,8 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
             "epochs": cfg.train.epochs,
             "images_seen": res.images_seen,
             "wall_s": res.wall_s,
-            "snapshots": snapshots,
+            # a phase resumed past an epoch could not save it: record only what exists
+            "snapshots": [e for e in snapshots if cache.snapshot_path(e).exists()],
             "spec": dense_spec(cfg),
             "train_loss": res.train_loss,
         }
@@ -443,7 +464,11 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     rows = read_rows(results)
     PREEMPTION.install()
     ckpt = run_dir / "checkpoints"
-    meta, cache = dense(cfg, b)
+    if rows and not rewind_epochs(cfg) and cfg.pruning.criterion != "l1_filter":
+        # resuming: the levels need nothing of the dense model (even if the cache is gone)
+        meta, cache = None, DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
+    else:
+        meta, cache = dense(cfg, b)
     if not rows:
         row = base_row(cfg, b, 0, chash) | {
             "acc_after_prune": None,
@@ -484,17 +509,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         stats = prune_level(cfg, b, level, s, gen, ckpt)
         acc_pruned = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
         overhead = time.perf_counter() - t0
-        ctx = schedules.Context(
-            eta=b.eta,
-            T=cfg.train.epochs,
-            t=t,
-            eta_max=b.eta_max,
-            eta_last=b.eta_last,
-            s=stats["s"],
-            d1=stats["d1"],
-            warmup_fraction=cfg.method.warmup_fraction,
-            eta_min_ratio=cfg.method.eta_min_ratio,
-        )
+        ctx = level_context(cfg, b.eta, b.eta_max, b.eta_last, stats["s"], stats["d1"])
         plan = schedules.plan(cfg.method.name, ctx)
         if plan.start == "rewind":
             rewind(b, cache.snapshot_path(int(round(plan.params["rewind_epoch"]))), ckpt, level)

@@ -186,7 +186,8 @@ def llr(c: Context) -> RetrainPlan:
     """Linear LR restarting: linear from ``eta_max`` to 0 over ``t``."""
     hi, t = c.eta_max, c.t
     lr = with_warmup(lambda x: hi * (1.0 - x / t), t, c.warmup_fraction)
-    return RetrainPlan("final", lr, {"lr_start": hi, "warmup_fraction": c.warmup_fraction})
+    params = {"lr_start": lr(0.0), "lr_peak": hi, "warmup_fraction": c.warmup_fraction}
+    return RetrainPlan("final", lr, params)
 
 
 def allr_factor(d1: float, t: float, T: float) -> tuple[float, float, float]:
@@ -200,7 +201,14 @@ def allr(c: Context) -> RetrainPlan:
     d, d1, d2 = allr_factor(c.d1, c.t, c.T)
     start, t = d * c.eta_max, c.t
     lr = with_warmup(lambda x: start * (1.0 - x / t), t, c.warmup_fraction)
-    params = {"lr_start": start, "d": d, "d1": d1, "d2": d2, "warmup_fraction": c.warmup_fraction}
+    params = {
+        "lr_start": lr(0.0),
+        "lr_peak": start,
+        "d": d,
+        "d1": d1,
+        "d2": d2,
+        "warmup_fraction": c.warmup_fraction,
+    }
     return RetrainPlan("final", lr, params)
 
 
@@ -227,6 +235,6 @@ def plan(method: str, c: Context) -> RetrainPlan:
         ) from None
 
 
-def per_step(schedule: Schedule, steps: int, steps_per_epoch: int, start_step: int = 0) -> list:
+def per_step(schedule: Schedule, steps: int, steps_per_epoch: int) -> list[float]:
     """``schedule`` evaluated at every optimizer step ``i`` (``x = i / steps_per_epoch``)."""
-    return [schedule(i / steps_per_epoch) for i in range(start_step, steps)]
+    return [schedule(i / steps_per_epoch) for i in range(steps)]

@@ -42,7 +42,10 @@ def run_spec(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's results, as plain data (null and empty
     values are left out, so that adding an optional key does not rename existing runs and caches)."""
     spec = {k: _drop_none(_plain(cfg[k])) for k in cfg if k not in _NOT_HASHED}
-    spec["dataset"] = {k: v for k, v in spec["dataset"].items() if k not in _NOT_HASHED_DATASET}
+    data = {k: v for k, v in spec["dataset"].items() if k not in _NOT_HASHED_DATASET}
+    if isinstance(data.get("loader"), dict):  # the loader repeats root/download by interpolation
+        data["loader"] = {k: v for k, v in data["loader"].items() if k not in _NOT_HASHED_DATASET}
+    spec["dataset"] = data
     spec["train"] = {k: v for k, v in spec["train"].items() if k != "snapshot_epochs"}
     return spec
 
@@ -56,7 +59,8 @@ def dense_spec(cfg: DictConfig) -> dict:
     spec = run_spec(cfg)
     train = {k: v for k, v in spec["train"].items() if k not in ("channels_last", "compile")}
     return {
-        "model": spec["model"],
+        # the architecture, not its name or which layers later pruning leaves alone
+        "model": {k: v for k, v in spec["model"].items() if k not in ("name", "prune_exclude")},
         "dataset": spec["dataset"],
         "train": train,
         "seed": spec["seed"],

@@ -231,7 +231,7 @@ def train_phase(
                 step += 1
                 if step == phase.steps:
                     break
-                if PREEMPTION.requested:
+                if _preempted(step, world_size, device):
                     result.images_seen += seen * world_size
                     result.wall_s += time.perf_counter() - t0
                     save_state()
@@ -258,6 +258,18 @@ def train_phase(
         PREEMPTION.training = False
     bar.close()
     return result
+
+
+def _preempted(step: int, world_size: int, device: torch.device, every: int = 16) -> bool:
+    """Whether to stop for a preemption now. Under DDP the ranks agree every ``every`` steps
+    (signals reach ranks at different steps; one rank leaving alone would hang the others)."""
+    if world_size == 1:
+        return PREEMPTION.requested
+    if step % every:
+        return False
+    flag = torch.tensor(float(PREEMPTION.requested), device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def write_lr_log(path: Path, lr_log: list[float], steps_per_epoch: int) -> None:

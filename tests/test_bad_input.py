@@ -70,6 +70,7 @@ CONFIG = [
     (["method=wr", "method.retrain_epochs=500"], "method.retrain_epochs"),
     (["method=lrw", "method.retrain_epochs=11"], "method.retrain_epochs"),
     (["method=bimp", "method.budget_epochs=5"], "method.budget_epochs"),
+    (["method=wr", "method.retrain_epochs=2.5"], "whole epoch"),
     # structured pruning, checked on a fresh model before the dense training
     (
         [

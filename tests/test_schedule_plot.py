@@ -7,14 +7,12 @@ import sys
 
 import matplotlib.image
 import pytest
-from conftest import compose
 
 from prune_cli.plot_schedules import LABELS, curves
 
 
 def test_curves_of_all_seven_methods_follow_the_recipe():
-    cfg = compose("model=resnet56", "method.retrain_epochs=40")
-    data = curves(cfg, steps_per_epoch=4, d1=0.3, s=0.2)
+    data = curves(["model=resnet56", "method.retrain_epochs=40"], steps_per_epoch=4, d1=0.3, s=0.2)
     assert set(LABELS) == {"ft", "wr", "lrw", "slr", "clr", "llr", "allr"} <= set(data)
     xs, lrw = data["lrw"]
     assert len(xs) == 40 * 4 and lrw[0] == pytest.approx(0.001)  # epochs 142..182: LR 0.001
