@@ -12,16 +12,10 @@ import sys
 
 from prune_cli import schedules
 from prune_cli.config import retrain_epochs, validate
+from prune_cli.report import METHOD_LABELS
 
-LABELS = {
-    "ft": "FT",
-    "wr": "WR",
-    "lrw": "LRW",
-    "slr": "SLR",
-    "clr": "CLR",
-    "llr": "LLR",
-    "allr": "ALLR",
-}
+# the seven schedules (BIMP is ALLR under a budget)
+LABELS = {m: label for m, label in METHOD_LABELS.items() if m != "bimp"}
 
 
 def curves(overrides: list[str], steps_per_epoch: int, d1: float, s: float) -> dict:

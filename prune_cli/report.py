@@ -242,6 +242,22 @@ def _block(rec: dict[str, Any]) -> tuple:
     return tuple(rec[k] for k in BLOCK_KEYS)
 
 
+def _plot_reference(ax, refs: dict, line: list[dict], x_key: str, method: str, color) -> None:
+    """The published cells that match ``line``'s points, dashed, in the method's colour."""
+    ref = [refs[record_key(r)] for r in line if record_key(r) in refs]
+    if ref:
+        ax.plot(
+            [c[x_key] for c in ref],
+            [c["delta_pp"] for c in ref],
+            ls="--",
+            marker=_marker(method),
+            mfc="white",
+            color=color,
+            alpha=0.85,
+            label=f"{_label(method)} (Renda et al.)",
+        )
+
+
 def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method.upper())
 
@@ -591,18 +607,7 @@ def plot_acc_vs_compression(records: list[dict[str, Any]], refs: dict[tuple, dic
                     alpha=0.14,
                     lw=0,
                 )
-                ref = [refs[record_key(r)] for r in line if record_key(r) in refs]
-                if ref:
-                    ax.plot(
-                        [c["compression"] for c in ref],
-                        [c["delta_pp"] for c in ref],
-                        ls="--",
-                        marker=_marker(method),
-                        mfc="white",
-                        color=color,
-                        alpha=0.85,
-                        label=f"{_label(method)} (Renda et al.)",
-                    )
+                _plot_reference(ax, refs, line, "compression", method, color)
             ax.axhline(0.0, color="0.35", lw=0.8, ls=":", label="dense")
             ax.set_xscale("log")
             _compression_ticks(ax, [r["compression"] for r in recs])
@@ -655,18 +660,7 @@ def plot_acc_vs_retrain_time(records: list[dict[str, Any]], refs: dict[tuple, di
                     lw=0,
                 )
                 curves[method] = dict(zip(x, y))
-                ref = [refs[record_key(r)] for r in line if record_key(r) in refs]
-                if ref:
-                    ax.plot(
-                        [c["retrain_epochs"] for c in ref],
-                        [c["delta_pp"] for c in ref],
-                        ls="--",
-                        marker=_marker(method),
-                        mfc="white",
-                        color=color,
-                        alpha=0.85,
-                        label=f"{_label(method)} (Renda et al.)",
-                    )
+                _plot_reference(ax, refs, line, "retrain_epochs", method, color)
             _shade_rewinding_wins(ax, curves)
             ax.axhline(0.0, color="0.35", lw=0.8, ls=":", label="dense")
             ts = sorted({r["retrain_epochs"] for r in recs})
