@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -97,8 +98,11 @@ def _compose(name: str, config_dir: str | None, overrides: list[str], hydra_cfg:
 
     if config_dir:
         overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(name, overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+_COMPOSE_LOCK = threading.Lock()  # Hydra's compose API keeps global state
 
 
 def _importable(key: str, target: str) -> None:

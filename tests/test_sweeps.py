@@ -180,6 +180,46 @@ def test_two_jobs_started_together_train_one_dense_model(tmp_path):
     assert level0["ft"]["dense_cache"] == level0["lrw"]["dense_cache"]
 
 
+def test_jobs_waiting_on_a_dense_model_in_training_train_it_once(tmp_path):
+    """Deterministic version of the above: the test holds the entry's lock (as a job training it
+    would) until both jobs have logged that they wait; then exactly one of them trains."""
+    from conftest import compose
+    from filelock import FileLock
+
+    from prune_cli.store import DenseCache, dense_hash
+
+    common = [*TINY, "method.retrain_epochs=1", "seed=0"]
+    key = dense_hash(compose(*common, f"cache_dir={tmp_path / 'cache'}"))
+    lock = FileLock(str(DenseCache(tmp_path / "cache", key).dir / ".lock"))
+    (tmp_path / "cache" / "dense" / key).mkdir(parents=True)
+    lock.acquire()
+    try:
+        procs = {
+            m: subprocess.Popen(
+                _argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env(tmp_path),
+            )
+            for m in ("ft", "lrw")
+        }
+        deadline = time.monotonic() + 300
+        logs = [tmp_path / m / "run.log" for m in procs]
+        while not all(p.exists() and "waiting" in p.read_text() for p in logs):
+            assert time.monotonic() < deadline, "the jobs never waited for the lock"
+            assert all(p.poll() is None for p in procs.values()), "a job ended early"
+            time.sleep(0.2)
+    finally:
+        lock.release()
+    outs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), outs
+    assert sum(TRAINED in out for out in outs.values()) == 1, outs
+    level0 = {m: results(tmp_path / m)[tmp_path / m][0] for m in outs}
+    assert level0["ft"]["acc"] == level0["lrw"]["acc"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
