@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -110,6 +110,23 @@ def crop_flip(
     return torch.gather(xp.reshape(b, c, hp * wp), 2, idx).view(b, c, h, w)
 
 
+def normalization(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` on ``device`` such that ``x * scale + shift == (x / 255 - mean) / std``
+    for uint8 images: the normalisation folded into one multiply-add."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * s)).to(device), (-m / s).to(device)
+
+
+def global_steps(n_train: int, batch_size: int) -> int:
+    """Number of global batches in one epoch: ceil(n_train / batch_size)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    return math.ceil(n_train / batch_size)
+
+
 class DeviceData:
     """Device-resident batches: the whole set lives on `device` as uint8; batches are cut by index
     and augmented there (random crop with `pad` pixels of zero padding + horizontal flip), no workers."""
@@ -143,17 +160,11 @@ class DeviceData:
         self.y_train = data.y_train.to(self.device)
         self.x_test = data.x_test.to(self.device).contiguous()
         self.y_test = data.y_test.to(self.device)
-        mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
-        # (x/255 - mean)/std folded into one multiply-add on the device.
-        self._scale = (1.0 / (255.0 * std)).to(self.device)
-        self._shift = (-mean / std).to(self.device)
+        self._scale, self._shift = normalization(data.mean, data.std, self.device)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of global batches in one epoch: ceil(n_train / batch_size)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
-        return math.ceil(self.n_train / batch_size)
+        return global_steps(self.n_train, batch_size)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.addcmul(self._shift, x.float(), self._scale)

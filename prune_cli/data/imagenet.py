@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
-from prune_cli.data.base import DataError
+from prune_cli.data.base import DataError, global_steps, normalization
 from prune_cli.data.files import one_line
 
 MEAN = (0.485, 0.456, 0.406)
@@ -157,17 +157,11 @@ class ImageFolderSource:
         self.n_train, self.n_test = len(train), len(val)
         self.train_set = _SeededImages(train, train_transform(image_size, augment, crop_fraction))
         self.test_set = _SeededImages(val, eval_transform(image_size, crop_fraction))
-        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(STD).view(1, 3, 1, 1)
-        # (x/255 - mean)/std folded into one multiply-add on the device.
-        self._scale = (1.0 / (255.0 * std)).to(self.device)
-        self._shift = (-mean / std).to(self.device)
+        self._scale, self._shift = normalization(MEAN, STD, self.device)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of global batches in one epoch: ceil(n_train / batch_size)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
-        return math.ceil(self.n_train / batch_size)
+        return global_steps(self.n_train, batch_size)
 
     def _loader(self, dataset: Dataset, seed: int, **kwargs: Any) -> DataLoader:
         # A fresh loader per pass: worker start-up (~1 s) is negligible beside an ImageNet epoch.
