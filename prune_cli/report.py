@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -763,6 +764,8 @@ def report_outputs(out: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``prune-report``: print the comparison table and write the CSV and PNGs; 2 on bad input."""
+    if hasattr(signal, "SIGPIPE"):  # `prune-report ... | head` ends quietly, as a Unix tool does
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(
         prog="prune-report",
         description="Aggregate prune-run run or sweep directories into a CSV, a table and plots.",

@@ -141,7 +141,7 @@ def train_phase(
     same phase exists there, continues from it at that step.
     Raises :class:`DivergenceError` when the epoch's mean loss is not finite.
     """
-    forward = forward or model
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
     device = next(model.parameters()).device
     opt = make_optimizer(model, train_cfg)
     result = PhaseResult()

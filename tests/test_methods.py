@@ -109,3 +109,22 @@ def test_bimp_spends_exactly_the_budget(tmp_path):
     assert all(r["method"] == "bimp" for r in rows)
     dense = lr_log(run_dir, 0)
     assert dense[0][2] == pytest.approx(0.1) and dense[-1][2] == pytest.approx(0.1 / (4 * SPE))
+
+
+def test_fast_path_switches_run_and_keep_the_masks(tmp_path):
+    """torch.compile + bf16 autocast + channels-last through the real runner (CPU inductor)."""
+    rows = run_inprocess(
+        tmp_path / "fast",
+        *TINY,
+        "train.epochs=2",
+        "method.retrain_epochs=1",
+        "train.compile=true",
+        "train.precision=bf16",
+        "train.channels_last=true",
+    )
+    assert [r["level"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["acc"] > 0.5  # it learns
+    state = torch.load(tmp_path / "fast" / "checkpoints" / "level_02.pt")
+    masks = torch.load(tmp_path / "fast" / "checkpoints" / "level_02_masks.pt")
+    assert not any(k.startswith("_orig_mod") for k in state)  # a plain state_dict, not the wrapper
+    assert all(torch.all(state[n][~m] == 0) for n, m in masks.items())
