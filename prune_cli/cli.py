@@ -53,9 +53,10 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None] | None:
-    """The override list of every job ``argv`` would run, its config name and config dir; None
-    for informational commands (``--help``, ``--cfg``, ...), which Hydra handles itself."""
+def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None, bool] | None:
+    """The override list of every job ``argv`` would run, its config name, config dir and
+    whether it is a multirun; None for informational commands (``--help``, ``--cfg``, ...),
+    which Hydra handles itself."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,18 +76,13 @@ def _jobs(argv: list[str]) -> tuple[list[list[str]], str, str | None] | None:
     parser = OverridesParser.create()
     cli = list(args.overrides)
     if not args.multirun:
-        cfg = _compose(name, args.config_dir, cli, True)
-        # before Hydra writes <run dir>/.hydra/: refuse a directory holding another config's run
-        from prune_cli.runner import check_run_dir
-
-        check_run_dir(Path(cfg.hydra.run.dir), config_hash(cfg))
-        return [cli], name, args.config_dir
+        return [cli], name, args.config_dir, False
     sweep_params = _compose(
         name, args.config_dir, [o for o in cli if not _is_sweep(parser, o)], True
     )
     params = [f"{k}={v}" for k, v in (sweep_params.hydra.sweeper.get("params") or {}).items()]
     batches = BasicSweeper.split_arguments(parser.parse_overrides(params + cli), None)
-    return [job for batch in batches for job in batch], name, args.config_dir
+    return [job for batch in batches for job in batch], name, args.config_dir, True
 
 
 def _is_sweep(parser, override: str) -> bool:
@@ -133,11 +129,16 @@ def prevalidate(argv: list[str]) -> str | None:
         planned = _jobs(argv)
         if planned is None:
             return None
-        jobs, name, config_dir = planned
+        jobs, name, config_dir, multirun = planned
         located: set[str] = set()
         for job in jobs:
-            cfg = _compose(name, config_dir, job)
+            cfg = _compose(name, config_dir, job, hydra_cfg=not multirun)
             validate(cfg)
+            if not multirun:
+                # before Hydra writes <run dir>/.hydra/: refuse another config's run directory
+                from prune_cli.runner import check_run_dir
+
+                check_run_dir(Path(cfg.hydra.run.dir), config_hash(cfg))
             for key in ("model.net", "dataset.loader"):
                 target = OmegaConf.select(cfg, f"{key}._target_")
                 if target and target not in located:

@@ -86,10 +86,19 @@ class Built:
 
     def fresh_model(self) -> nn.Module:
         """A new instance of the configured architecture on the run's device."""
-        model = instantiate(self.cfg.model.net).to(self.device)
-        if self.cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return make_model(self.cfg, self.device)
+
+
+def make_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """The configured architecture on ``device`` (channels-last if the recipe asks)."""
+    try:
+        model = instantiate(cfg.model.net)
+    except Exception as e:  # noqa: BLE001 - instantiate wraps import and argument errors alike
+        raise ConfigError(f"model.net: cannot build {cfg.model.net.get('_target_')}: {e}") from e
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,13 +174,7 @@ def build(cfg: DictConfig) -> Built:
             f" {list(data.input_shape)}"
         )
     torch.manual_seed(cfg.seed)
-    try:
-        model = instantiate(cfg.model.net)
-    except Exception as e:  # noqa: BLE001 - instantiate wraps import and argument errors alike
-        raise ConfigError(f"model.net: cannot build {cfg.model.net.get('_target_')}: {e}") from e
-    model = model.to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = make_model(cfg, device)
     if d.active:
         # same initial weights on every rank (DDP also broadcasts them, this makes it explicit)
         distributed.broadcast_tensors(d, list(model.state_dict().values()))
@@ -310,12 +313,12 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
 # ----------------------------------------------------------------------------------------------
 
 
-def base_row(cfg: DictConfig, b: Built, level: int, chash: str) -> dict:
+def base_row(cfg: DictConfig, b: Built, level: int, chash: str, flops: int | None = None) -> dict:
+    """The columns every row has; ``flops`` of a structurally pruned (smaller) network, which
+    its prune statistics already counted, else the dense MACs scaled by the layer densities."""
     counts = param_counts(b.model, b.masks.masks)
     dense_total = b.dense_flops["total"]
-    if cfg.pruning.criterion == "l1_filter":  # the network itself is smaller: count it
-        flops = count_flops(b.model, b.input_shape)["total"]
-    else:
+    if flops is None:
         flops = remaining_flops(b.dense_flops, b.masks.layer_density())
     density = b.masks.alive() / b.dense_prunable
     return {
@@ -537,7 +540,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         overhead += time.perf_counter() - t1
         if cfg.pruning.criterion == "l1_filter" and writer:
             stats["inference"] = inference_speed(b, cache)
-        row = base_row(cfg, b, level, chash) | {
+        row = base_row(cfg, b, level, chash, stats.get("flops_after")) | {
             "acc_after_prune": acc_pruned,
             "acc": acc,
             "retrain_epochs": t,

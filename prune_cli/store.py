@@ -28,20 +28,20 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def _drop_none(obj: Any) -> Any:
+def _drop_unset(obj: Any) -> Any:
     # a key added later with default null (or empty) leaves the hashes of existing configs as
     # they were
     if isinstance(obj, dict):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None and v != [] and v != {}}
+        return {k: _drop_unset(v) for k, v in obj.items() if v is not None and v != [] and v != {}}
     if isinstance(obj, list):
-        return [_drop_none(v) for v in obj]
+        return [_drop_unset(v) for v in obj]
     return obj
 
 
 def run_spec(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's results, as plain data (null and empty
     values are left out, so that adding an optional key does not rename existing runs and caches)."""
-    spec = {k: _drop_none(_plain(cfg[k])) for k in cfg if k not in _NOT_HASHED}
+    spec = {k: _drop_unset(_plain(cfg[k])) for k in cfg if k not in _NOT_HASHED}
     data = {k: v for k, v in spec["dataset"].items() if k not in _NOT_HASHED_DATASET}
     if isinstance(data.get("loader"), dict):  # the loader repeats root/download by interpolation
         data["loader"] = {k: v for k, v in data["loader"].items() if k not in _NOT_HASHED_DATASET}

@@ -149,21 +149,26 @@ def test_rerun_of_a_finished_sweep_does_nothing(rerun3x2):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_two_jobs_started_together_train_one_dense_model(tmp_path):
-    # a dense phase long enough (20 epochs) that the second job usually arrives while the
-    # first is still training; a short retraining keeps the test fast
-    common = [*TINY, "train.epochs=20", "method.retrain_epochs=1", "seed=0"]
-    procs = {
-        method: subprocess.Popen(
-            _argv(tmp_path, *common, f"method={method}", f"hydra.run.dir={tmp_path / method}"),
+def _start_ft_and_lrw(tmp_path: Path, common: list[str]) -> dict[str, subprocess.Popen]:
+    """An FT and an LRW run of the same config, started at once, each in its own run dir."""
+    return {
+        m: subprocess.Popen(
+            _argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=_env(tmp_path),
         )
-        for method in ("ft", "lrw")
+        for m in ("ft", "lrw")
     }
+
+
+def test_two_jobs_started_together_train_one_dense_model(tmp_path):
+    # a dense phase long enough (20 epochs) that the second job usually arrives while the
+    # first is still training; a short retraining keeps the test fast
+    common = [*TINY, "train.epochs=20", "method.retrain_epochs=1", "seed=0"]
+    procs = _start_ft_and_lrw(tmp_path, common)
     outs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
     for method, proc in procs.items():
         assert proc.returncode == 0, f"{method}:\n{outs[method]}"
@@ -194,17 +199,7 @@ def test_jobs_waiting_on_a_dense_model_in_training_train_it_once(tmp_path):
     (tmp_path / "cache" / "dense" / key).mkdir(parents=True)
     lock.acquire()
     try:
-        procs = {
-            m: subprocess.Popen(
-                _argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=_env(tmp_path),
-            )
-            for m in ("ft", "lrw")
-        }
+        procs = _start_ft_and_lrw(tmp_path, common)
         deadline = time.monotonic() + 300
         logs = [tmp_path / m / "run.log" for m in procs]
         while not all(p.exists() and "waiting" in p.read_text() for p in logs):

@@ -118,7 +118,13 @@ def _folder(root: Path, split: str) -> datasets.ImageFolder:
 
 
 class ImageFolderSource:
-    """A BatchSource over `root/train` and `root/val` ImageFolders (see the module docstring).
+    """ImageNet from `root/train/<wnid>/*.JPEG` and `root/val/<wnid>/*.JPEG` as a BatchSource.
+
+    Training: RandomResizedCrop(image_size) + horizontal flip (or the evaluation transform when
+    not `augment`); evaluation: resize to round(image_size / crop_fraction), center-crop
+    image_size. Both normalised with ImageNet's mean/std on `device` (CPU when None). Under DDP
+    (`rank`, `world_size`) the training set is sharded per rank. A missing `train/` or `val/`, or
+    unreadable class folders, raise DataError with one line naming the path.
 
     Training batches are this rank's slice of each global batch; evaluation runs the whole
     validation set on every rank (the loop's accuracy is not all-reduced, so each rank needs
@@ -206,33 +212,5 @@ class ImageFolderSource:
             yield self._to_device(x, y)
 
 
-def load_imagenet(
-    root: str,
-    device: torch.device | str | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    workers: int = 8,
-    image_size: int = 224,
-    crop_fraction: float = 0.875,
-    augment: bool = True,
-    channels_last: bool = False,
-) -> ImageFolderSource:
-    """ImageNet from `root/train/<wnid>/*.JPEG` and `root/val/<wnid>/*.JPEG` as a BatchSource.
-
-    Training: RandomResizedCrop(image_size) + horizontal flip (or the evaluation transform when
-    not `augment`); evaluation: resize to round(image_size / crop_fraction), center-crop
-    image_size. Both normalised with ImageNet's mean/std on `device` (CPU when None). Under DDP
-    (`rank`, `world_size`) the training set is sharded per rank. A missing `train/` or `val/`, or
-    unreadable class folders, raise DataError with one line naming the path.
-    """
-    return ImageFolderSource(
-        root,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        workers=workers,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-        augment=augment,
-        channels_last=channels_last,
-    )
+load_imagenet = ImageFolderSource
+"""The loader that `conf/dataset/imagenet.yaml` names: the BatchSource class itself."""
