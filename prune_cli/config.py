@@ -4,12 +4,14 @@ The YAML files under ``conf/`` hold every default; the dataclasses here only say
 exist and what type they have (``MISSING``: every group file sets it; ``None`` or empty: an
 optional key that most files leave out). Hydra merges each YAML into its typed node, so an
 unknown key or a wrong type is rejected at composition. :func:`validate` adds the checks that types
-cannot express and raises :class:`ConfigError` with one line naming the key.
+cannot express and raises :class:`ConfigError` with one line naming the key. Checks that need torch
+objects (the device, the model against the data) are in :mod:`prune_cli.checks`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,16 @@ CONF_DIR = next(
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line and names the key."""
+
+
+MAX_EPOCHS = 10_000
+"""Upper bound of ``train.epochs`` and of the retraining length ``t`` of one level (a typo such
+as ``train.epochs=100000000`` would otherwise run for years)."""
+MAX_LEVELS = 1_000
+"""Upper bound of the number of pruning levels (given or derived from rate and sparsity)."""
+SEED_LIMIT = 2**53
+"""Seeds are integers in ``[0, 2^53)``: level ``l`` seeds a generator with ``seed * 1000 + l``
+(below torch's 2^64) and the seed stays exact wherever results are read as floats."""
 
 
 @dataclass
@@ -113,11 +125,30 @@ class Config:
     cache_dir: str = MISSING
     progress: bool = MISSING
     rerun: bool = MISSING
+    # experiment trackers (the `logger` group): name -> {_target_: a prune_cli.loggers class,
+    # its settings}; empty: only metrics.csv (see prune_cli/loggers.py)
+    logger: dict[str, Any] = field(default_factory=dict)
+    # test accuracy after every N-th epoch of each phase and after its last (0: only per level)
+    eval_every: int = MISSING
+    # per-step loss and LR reach the loggers as the mean loss of every N optimizer steps
+    log_every_n_steps: int = MISSING
 
 
 def register() -> None:
     """Put the schema in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(name="prune_cli_schema", node=Config)
+
+
+def epochs_reached(epochs: int, candidates: list[int]) -> list[int]:
+    """``${epochs_reached:${train.epochs},[...]}``: the candidate epochs a dense run of
+    ``epochs`` epochs reaches. A recipe lists its snapshot epochs this way so that a run shorter
+    than the recipe keeps those it reaches; an epoch beyond ``train.epochs`` given directly in
+    ``train.snapshot_epochs`` is an error (see :func:`validate`)."""
+    return [e for e in candidates if e <= epochs]
+
+
+# registered on import: every composition, and every reader of a saved unresolved config, needs it
+OmegaConf.register_new_resolver("epochs_reached", epochs_reached, replace=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,6 +220,7 @@ def validate(cfg: DictConfig) -> None:
     _check_known_keys(cfg)
     tr, m, p = cfg.train, cfg.method, cfg.pruning
     _check(tr.epochs > 0, f"train.epochs={tr.epochs}: must be > 0")
+    _check(tr.epochs <= MAX_EPOCHS, f"train.epochs={tr.epochs}: must be <= {MAX_EPOCHS}")
     _check(tr.batch_size > 0, f"train.batch_size={tr.batch_size}: must be > 0")
     _check(tr.lr > 0, f"train.lr={tr.lr}: must be > 0")
     _check(0 <= tr.momentum < 1, f"train.momentum={tr.momentum}: must be in [0, 1)")
@@ -206,13 +238,28 @@ def validate(cfg: DictConfig) -> None:
         tr.precision in ("fp32", "bf16"), f"train.precision={tr.precision}: expected fp32 or bf16"
     )
     _check(tr.schedule.gamma > 0, f"train.schedule.gamma={tr.schedule.gamma}: must be > 0")
-    for e in tr.snapshot_epochs:  # epochs past train.epochs are ignored (a shortened recipe)
-        _check(e >= 0, f"train.snapshot_epochs: {e} is negative")
-    _check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1")
+    _check_milestones(list(tr.schedule.milestones))
     _check(
-        cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
-        f"device={cfg.device}: expected auto, cpu, cuda[:N] or mps",
+        tr.lr_reference_batch is None or tr.lr_reference_batch > 0,
+        f"train.lr_reference_batch={tr.lr_reference_batch}: must be > 0 (or null: no LR scaling)",
     )
+    for e in tr.snapshot_epochs:
+        _check(e >= 0, f"train.snapshot_epochs: {e} is negative")
+        _check(
+            e <= tr.epochs,
+            f"train.snapshot_epochs: {e} is beyond train.epochs={tr.epochs} (no such dense"
+            " epoch to keep)",
+        )
+    _check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: must be >= 1")
+    _check(0 <= cfg.seed < SEED_LIMIT, f"seed={cfg.seed}: must be an integer in [0, 2^53)")
+    _check_device(str(cfg.device))
+    _check(str(cfg.cache_dir).strip() != "", "cache_dir: empty; name a directory")
+    if "hydra" in cfg:  # a single run composed with Hydra's own config (prevalidation)
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+        _check(
+            run_dir is None or str(run_dir).strip() != "",
+            "hydra.run.dir: empty; name the run directory (or leave the default)",
+        )
 
     _check(m.name in METHODS, f"method.name={m.name}: unknown; choose from {', '.join(METHODS)}")
     _check(
@@ -233,6 +280,7 @@ def validate(cfg: DictConfig) -> None:
         _check(p.levels is None or p.levels >= 1, f"pruning.levels={p.levels}: must be >= 1")
     else:
         _check_unstructured(p)
+    _check_level_count(p, level_plan(cfg)[0])
 
     if m.budget_epochs is not None:
         _check(
@@ -246,6 +294,11 @@ def validate(cfg: DictConfig) -> None:
         )
     t = retrain_epochs(cfg)
     _check(t > 0, f"method.retrain_epochs={t}: must be > 0")
+    _check(
+        t <= MAX_EPOCHS,
+        f"method.retrain_epochs={t:g}: must be <= {MAX_EPOCHS}"
+        + (" (derived from method.budget_epochs)" if m.budget_epochs is not None else ""),
+    )
     if m.name == "wr":
         _check(
             float(tr.epochs - t).is_integer(),
@@ -260,6 +313,49 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:(\d+))?")
+
+
+def _check_device(device: str) -> None:
+    """The form of ``device``; whether this machine has it is :mod:`prune_cli.checks`' concern."""
+    match = _DEVICE.fullmatch(device)
+    _check(
+        device == "auto" or match is not None,
+        f"device={device}: expected auto, cpu, cuda, cuda:N or mps",
+    )
+    if match and match[1] in ("cpu", "mps"):
+        _check(
+            match[3] is None or int(match[3]) == 0,
+            f"device={device}: {match[1]} has no index other than 0 (write {match[1]})",
+        )
+
+
+def _check_milestones(milestones: list[float]) -> None:
+    """Step milestones: positive and increasing. One past ``train.epochs`` is allowed: the run
+    follows its recipe's schedule and stops before it (a shortened recipe)."""
+    for a, b in zip(milestones, milestones[1:]):
+        _check(
+            a < b,
+            f"train.schedule.milestones={milestones}: must be increasing ({a} then {b})",
+        )
+    for e in milestones:
+        _check(
+            math.isfinite(e) and e > 0,
+            f"train.schedule.milestones={milestones}: {e} is not a positive epoch",
+        )
+
+
+def _check_level_count(p: DictConfig, levels: int) -> None:
+    if levels <= MAX_LEVELS:
+        return
+    if p.levels is not None:
+        raise ConfigError(f"pruning.levels={p.levels}: must be <= {MAX_LEVELS}")
+    raise ConfigError(
+        f"pruning.rate={p.rate}: reaching pruning.target_sparsity={p.target_sparsity} takes"
+        f" {levels} levels, more than {MAX_LEVELS}; choose a larger rate"
+    )
+
+
 def _check_unstructured(p: DictConfig) -> None:
     if p.rate is not None:
         _check(0 < p.rate < 1, f"pruning.rate={p.rate}: must be in (0, 1)")
@@ -271,6 +367,15 @@ def _check_unstructured(p: DictConfig) -> None:
             f"pruning.target_sparsity={p.target_sparsity}: must be in (0, 1)",
         )
     if p.one_shot:
+        given = [f"pruning.{k}={p[k]}" for k in ("rate", "levels") if p[k] is not None]
+        unset = " ".join(g.split("=")[0] + "=null" for g in given)
+        target = "" if p.target_sparsity is not None else " and a pruning.target_sparsity"
+        _check(
+            not given,
+            "pruning.one_shot=true prunes once, straight to pruning.target_sparsity, but"
+            f" {' and '.join(given)} {'is' if len(given) == 1 else 'are'} set: add {unset}{target},"
+            " or set pruning.one_shot=false",
+        )
         _check(
             p.target_sparsity is not None,
             "pruning.target_sparsity: one-shot pruning needs a target sparsity",

@@ -1,21 +1,32 @@
 """prune-export: turn one level of a run directory into a file that needs no prune_cli to load.
 
-``prune-export RUN_DIR [--level K] [--out FILE]``
+``prune-export RUN_DIR [--level K] [--format pt2|state_dict|torchscript] [--out FILE]``
 
-- masked (unstructured) runs: a plain ``state_dict`` ``.pt`` (zeros where pruned, the masks
-  applied once more), for ``model.load_state_dict(torch.load(FILE))`` into the architecture;
-- structured runs (a ``checkpoints/level_<kk>_plan.pt`` exists for some level ≤ K): a TorchScript
-  ``.pt`` of the smaller network, for ``torch.jit.load(FILE)``. The small architecture is
-  rebuilt by instantiating ``model.net`` of the run's ``config.yaml`` and replaying the plans of
-  levels 1..K in order, then the level's weights are loaded and the network is traced (eval mode).
+The network of level K is rebuilt on the CPU: ``model.net`` of the run's ``config.yaml`` is
+instantiated, the channel plans of levels 1..K (``checkpoints/level_<kk>_plan.pt``, structured
+runs) are replayed in order, the level's weights are loaded and its masks applied once more
+(zeros where pruned). Then, by ``--format``:
 
-``--level`` defaults to the last level checkpointed; ``--out`` to ``RUN_DIR/export/level_<kk>.pt``.
-Errors (no run directory, no config, no such level) are one line on stderr, exit status 2.
+- ``pt2`` (default): a ``torch.export`` program of the network in eval mode, with a dynamic
+  batch dimension (any batch >= 1), for ``torch.export.load(FILE).module()(x)``; the smaller
+  architecture of a structured run is inside it, no model code is needed to load it;
+- ``state_dict``: a plain ``.pt`` state_dict, for ``model.load_state_dict(torch.load(FILE))``
+  into the architecture (for a structured run: the smaller one);
+- ``torchscript``: legacy (PyTorch deprecates TorchScript; a warning says so), a traced module
+  for ``torch.jit.load(FILE)``.
+
+``--level`` defaults to the last level checkpointed; ``--out`` to ``RUN_DIR/export/level_<kk>``
+with ``.pt2`` (pt2) or ``.pt`` (state_dict, torchscript).
+Errors (no run directory, no config, no such level, a torn or foreign file: checkpoints load with
+``weights_only=True``, so nothing in them runs; a network ``torch.export`` cannot capture) are one
+line on stderr, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import re
 import sys
 import warnings
@@ -27,7 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from prune_cli.store import load_torch, save_torch
+from prune_cli.store import CorruptFileError, atomic_path, load_torch, save_torch
 from prune_cli.structured import apply_channel_removal
 
 _LEVEL = re.compile(r"level_(\d+)\.pt")
@@ -51,7 +62,8 @@ def _plans(ckpt: Path, level: int) -> list[Path]:
 def build_model(run_dir: Path, level: int) -> tuple[nn.Module, list[int], bool]:
     """The run's model at ``level`` on the CPU (eval mode), its input shape, and whether it is structured.
 
-    Raises :class:`ExportError` for a missing directory, config or checkpoint.
+    Raises :class:`ExportError` for a missing directory, config or checkpoint, or files that do
+    not fit the run's model, :class:`~prune_cli.store.CorruptFileError` for an unreadable file.
     """
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
@@ -63,24 +75,69 @@ def build_model(run_dir: Path, level: int) -> tuple[nn.Module, list[int], bool]:
     if not weights.is_file():
         have = ", ".join(str(k) for k in _levels(ckpt)) or "none"
         raise ExportError(f"{run_dir}: no checkpoint for level {level} (levels: {have})")
-    cfg = OmegaConf.load(config)
-    input_shape = [int(d) for d in cfg.dataset.input_shape]
-    model = instantiate(cfg.model.net)
+    try:
+        cfg = OmegaConf.load(config)
+        input_shape = [int(d) for d in cfg.dataset.input_shape]
+        model = instantiate(cfg.model.net)
+    except Exception as e:  # noqa: BLE001 - a config prune-run did not write, or its model's code
+        raise ExportError(f"{config}: cannot build the run's model ({_one_line(e)})") from e
     plans = _plans(ckpt, level)
     for path in plans:  # each plan's indices refer to the network the previous plans left
-        apply_channel_removal(model, load_torch(path), input_shape)
+        try:
+            apply_channel_removal(model, load_torch(path), input_shape)
+        except ValueError as e:
+            raise ExportError(f"{path}: not a channel plan of this model ({_one_line(e)})") from e
     state = load_torch(weights)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ExportError(f"{weights}: not a state_dict (a dict of tensors)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExportError(f"{weights}: does not fit the run's model ({_one_line(e)})") from e
     masks_path = ckpt / f"level_{level:02d}_masks.pt"
     if not plans and masks_path.is_file():
-        for name, mask in load_torch(masks_path).items():
-            if name in state and mask.shape == state[name].shape:
-                state[name] = state[name] * mask.to(state[name].dtype)
-    model.load_state_dict(state)
+        masks = load_torch(masks_path)
+        if not isinstance(masks, dict):
+            raise ExportError(f"{masks_path}: not pruning masks (a {type(masks).__name__})")
+        weights_of = dict(model.named_parameters())
+        for name, mask in masks.items():
+            w = weights_of.get(name)
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise ExportError(f"{masks_path}: {name} is not a bool mask")
+            if w is None or mask.shape != w.shape:
+                raise ExportError(f"{masks_path}: {name} fits no weight of the run's model")
+            with torch.no_grad():
+                w.mul_(mask.to(w.dtype))
     return model.eval(), input_shape, bool(plans)
 
 
-def export(run_dir: Path, level: int | None = None, out: Path | None = None) -> Path:
-    """Write the export of ``level`` (default: the last) of ``run_dir``; return the file written."""
+def _one_line(e: BaseException) -> str:
+    """``e`` squeezed onto one line (e.g. load_state_dict's list of missing keys)."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+FORMATS = ("pt2", "state_dict", "torchscript")
+"""``--format`` choices; the first is the default."""
+
+SUFFIX = {"pt2": ".pt2", "state_dict": ".pt", "torchscript": ".pt"}
+
+TORCHSCRIPT_WARNING = (
+    "TorchScript is deprecated by PyTorch and kept here as a legacy format;"
+    " --format pt2 (torch.export) is the maintained one"
+)
+
+
+def export(
+    run_dir: Path, level: int | None = None, out: Path | None = None, fmt: str = "pt2"
+) -> Path:
+    """Write the export of ``level`` (default: the last) of ``run_dir`` in format ``fmt`` (one of
+    :data:`FORMATS`); return the file written. ``torchscript`` warns (:class:`FutureWarning`)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt}: unknown; choose from {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
@@ -89,39 +146,94 @@ def export(run_dir: Path, level: int | None = None, out: Path | None = None) -> 
         if not levels:
             raise ExportError(f"{run_dir}: no level checkpoints in {run_dir / 'checkpoints'}")
         level = levels[-1]
-    model, input_shape, structured = build_model(run_dir, level)
-    out = Path(out) if out is not None else run_dir / "export" / f"level_{level:02d}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if structured:
-        # TorchScript is deprecated in favour of torch.export but still the one format that
-        # loads with a single call anywhere (C++ included); keep the run's output free of it
+    model, input_shape, _ = build_model(run_dir, level)
+    if out is None:
+        out = run_dir / "export" / f"level_{level:02d}{SUFFIX[fmt]}"
+    out = Path(out)
+    if fmt == "pt2" and out.suffix != ".pt2":
+        raise ExportError(
+            f"--out {out}: torch.export.load expects a .pt2 file; name it {out.stem}.pt2"
+        )
+    if fmt == "state_dict":
+        save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
+        return out
+    buf = io.BytesIO()  # the whole file first: a full disk is then an OSError naming it
+    if fmt == "pt2":
+        torch.export.save(export_program(model, input_shape), buf)
+    else:
+        warnings.warn(TORCHSCRIPT_WARNING, FutureWarning, stacklevel=2)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-            traced = torch.jit.trace(model, torch.zeros(1, *input_shape))
-        traced.save(str(out))
-    else:
-        save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
+            torch.jit.save(torch.jit.trace(model, torch.zeros(1, *input_shape)), buf)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(buf.getbuffer())
     return out
+
+
+def export_program(model: nn.Module, input_shape: list[int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (eval mode, CPU) whose batch dimension is dynamic (>= 1).
+
+    Traced with an example batch of 2: a batch of 1 would be specialised (torch.export treats
+    sizes 0 and 1 as constants), and the program would then refuse every other batch size.
+    A network whose code fixes the batch (e.g. ``x.view(1, -1)``) cannot be exported this way:
+    :class:`ExportError`, naming the other formats.
+    """
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.zeros(2, *input_shape)
+    quiet = logging.root.manager.disable  # torch logs a traceback before raising: the line says it
+    logging.disable(logging.ERROR)
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                model.eval(), (example,), dynamic_shapes=({0: batch},), strict=False
+            )
+    except Exception as e:  # noqa: BLE001 - torch.export's errors are many and long
+        raise ExportError(
+            f"torch.export cannot capture the run's model with a dynamic batch ({_one_line(e)});"
+            " --format state_dict (or the legacy --format torchscript) exports it otherwise"
+        ) from e
+    finally:
+        logging.disable(quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``prune-export``; exits 2 with one line on stderr on bad input."""
     parser = argparse.ArgumentParser(
         prog="prune-export",
-        description="Export one level of a prune-run run directory: a plain state_dict for masked"
-        " runs, a TorchScript module of the smaller network for structured runs.",
+        description="Export one level of a prune-run run directory as a file that loads without"
+        " prune_cli: a torch.export program (.pt2, any batch size) by default, or a plain"
+        " state_dict, or (legacy) TorchScript.",
     )
     parser.add_argument("run_dir", type=Path, help="the run directory (holds config.yaml)")
     parser.add_argument("--level", type=int, default=None, help="level to export (default: last)")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output file (default: RUN_DIR/export/level_<kk>.pt)"
+        "--format",
+        choices=FORMATS,
+        default=FORMATS[0],
+        dest="fmt",
+        help="pt2: torch.export program, load with torch.export.load(FILE).module() (default);"
+        " state_dict: plain state_dict for model.load_state_dict(torch.load(FILE));"
+        " torchscript: legacy, torch.jit.load(FILE)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (default: RUN_DIR/export/level_<kk>.pt2, or .pt for the other formats)",
     )
     args = parser.parse_args(argv)
     try:
-        path = export(args.run_dir, args.level, args.out)
-    except ExportError as e:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FutureWarning)
+            path = export(args.run_dir, args.level, args.out, args.fmt)
+    except (ExportError, CorruptFileError) as e:
         print(f"prune-export: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # e.g. --out in a read-only directory
+        print(f"prune-export: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if any(str(w.message) == TORCHSCRIPT_WARNING for w in caught):
+        print(f"prune-export: warning: {TORCHSCRIPT_WARNING}", file=sys.stderr)
     print(path)
 
 

@@ -2,20 +2,24 @@
 
 ``prune-schedules [--out FILE] [--d1 D] [OVERRIDES...]`` composes the same config as
 ``prune-run OVERRIDES`` and draws, for one level of ``t`` epochs, the per-step LR of every
-method (as Figure 2 of Zimmer et al. 2023), beside the original schedule.
+method (as Figure 2 of Zimmer et al. 2023), beside the original schedule. Methods whose
+schedules coincide (FT, WR and LRW often do, WR and LRW always) are drawn as one line in their
+colours, dashed in turn, and named together in the legend. The format follows ``--out``'s suffix
+(.png, .pdf, .svg).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from prune_cli import schedules
 from prune_cli.config import retrain_epochs, validate
-from prune_cli.report import METHOD_LABELS
+from prune_cli.report.style import METHODS
 
-# the seven schedules (BIMP is ALLR under a budget)
-LABELS = {m: label for m, label in METHOD_LABELS.items() if m != "bimp"}
+# the seven schedules (BIMP is ALLR under a budget), named and coloured as in prune-report
+LABELS = {m: s.label for m, s in METHODS.items() if m != "bimp"}
 
 
 def curves(overrides: list[str], steps_per_epoch: int, d1: float, s: float) -> dict:
@@ -41,12 +45,92 @@ def curves(overrides: list[str], steps_per_epoch: int, d1: float, s: float) -> d
     return out
 
 
+def coinciding(data: dict) -> list[list[str]]:
+    """The methods of ``data`` grouped by identical per-step LR (registry order within a group)."""
+    groups: list[list[str]] = []
+    for name in LABELS:
+        ys = data[name][1]
+        for group in groups:
+            other = data[group[0]][1]
+            if len(other) == len(ys) and all(
+                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) for a, b in zip(other, ys)
+            ):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
+def plot(data: dict, cfg, d1: float):
+    """The figure: the original schedule (left) and one retraining level of every method."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+
+    from prune_cli.report.style import STYLE
+
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(12, 4.4), layout="constrained")
+        a0, a1 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+        xs, ys = data["original"]
+        a0.plot(xs, ys, color="black")
+        T, t = cfg.train.epochs, retrain_epochs(cfg)
+        a0.axvspan(max(0, T - t), T, color="0.85", alpha=0.6, lw=0, label="replayed by WR and LRW")
+        a0.set(
+            title=f"original schedule ({cfg.train.name}, T={T} epochs)",
+            xlabel="epoch",
+            ylabel="learning rate (log scale)",
+        )
+        a0.set_yscale("log")
+        a0.legend(loc="upper right")
+        handles, labels = [], []
+        for group in coinciding(data):
+            xs, ys = data[group[0]]
+            n = len(group)
+            # One line per member, dashed in turn, so every colour of a shared curve shows.
+            parts = [
+                a1.plot(
+                    xs,
+                    ys,
+                    color=METHODS[name].color,
+                    lw=1.8,
+                    ls=(k * 4.0, (4.0, 4.0 * (n - 1))) if n > 1 else "-",
+                )[0]
+                for k, name in enumerate(group)
+            ]
+            # In the legend: the members' colours side by side, solid.
+            handles.append(tuple(Line2D([], [], color=p.get_color(), lw=2.4) for p in parts))
+            labels.append(" = ".join(LABELS[name] for name in group))
+        a1.set(
+            title=f"one retraining level: t={t:g} epochs (ALLR d1={d1:g})",
+            xlabel="retraining epoch",
+            ylabel="learning rate (log scale)",
+        )
+        a1.set_yscale("log")
+        a1.legend(
+            handles,
+            labels,
+            ncol=2,
+            handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
+            handlelength=3.2,
+            title="A = B: one schedule (WR also rewinds the weights)",
+            title_fontsize=7.5,
+        )
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     from prune_cli.cli import _compose, one_line
 
     ap = argparse.ArgumentParser(prog="prune-schedules", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="schedules.png", help="PNG to write (default: %(default)s)")
+    ap.add_argument(
+        "--out",
+        default="schedules.png",
+        help="figure to write, .png, .pdf or .svg (default: %(default)s)",
+    )
     ap.add_argument(
         "--d1", type=float, default=0.0, help="ALLR's d1 for the plot (default: 0 = d2 wins)"
     )
@@ -65,34 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - one line, as prune-run
         print(f"prune-schedules: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
-    xs, ys = data["original"]
-    a0.plot(xs, ys, color="black")
-    T, t = cfg.train.epochs, retrain_epochs(cfg)
-    a0.axvspan(max(0, T - t), T, color="tab:orange", alpha=0.15, label="replayed by LRW/WR")
-    a0.set(
-        title=f"original schedule ({cfg.train.name}, T={T})", xlabel="epoch", ylabel="learning rate"
-    )
-    a0.set_yscale("log")
-    a0.legend(loc="upper right")
-    for name, label in LABELS.items():
-        xs, ys = data[name]
-        a1.plot(xs, ys, label=label, lw=1.6, ls="--" if name == "wr" else "-")
-    a1.set(
-        title=f"one retraining level: t={t:g} epochs (ALLR d1={args.d1:g})",
-        xlabel="retraining epoch",
-        ylabel="learning rate",
-    )
-    a1.set_yscale("log")
-    a1.legend(ncol=2)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    plot(data, cfg, args.d1).savefig(args.out, dpi=150)
     print(f"wrote {args.out}")
 
 

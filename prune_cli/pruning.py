@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prune_cli.config import ConfigError
+from prune_cli.store import CorruptFileError
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -156,6 +157,29 @@ class Masks:
         return {n: m.detach().bool().cpu() for n, m in self.masks.items()}
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: object = None) -> None:
+        """Load masks saved by :meth:`state_dict`: exactly this model's names, bool tensors of
+        the weights' shapes. Anything else is a :class:`CorruptFileError`, one line naming
+        ``source`` (the file they came from) and the fault; nothing is changed then."""
+
+        def bad(why: str) -> CorruptFileError:
+            where = f"{source}: " if source is not None else ""
+            return CorruptFileError(f"{where}not pruning masks of this model ({why})")
+
+        if not isinstance(state, dict):
+            raise bad(f"a {type(state).__name__}, not a dict of bool tensors")
+        missing = [n for n in self.masks if n not in state]
+        extra = [str(n) for n in state if n not in self.masks]
+        if missing:
+            raise bad(f"no mask for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+        if extra:
+            raise bad(f"unknown names {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}")
+        for n, m in self.masks.items():
+            t = state[n]
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
+                kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise bad(f"{n} is {kind}, not a bool tensor")
+            if t.shape != m.shape:
+                raise bad(f"{n} has shape {list(t.shape)}, the weight {list(m.shape)}")
         for n, m in self.masks.items():
             m.copy_(state[n].to(m.device, m.dtype))

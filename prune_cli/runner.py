@@ -8,6 +8,8 @@ Everything the run produces lands in its run directory:
 - ``checkpoints/level_<k>.pt`` (plain state_dict, zeros where pruned) + ``level_<k>_masks.pt``
 - ``lr_level_<k>.csv``: the per-step LR each phase applied (level 0 = dense training)
 - ``train_state.pt``: the in-progress level, for resuming
+- ``metrics.csv``: one row per epoch of every phase; the loggers' files (``tensorboard/``,
+  ``wandb/``, ``tracking.json``), see :mod:`prune_cli.loggers`
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,19 +30,29 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prune_cli import distributed, schedules
+from prune_cli.checks import check_device
 from prune_cli.config import ConfigError, level_plan, retrain_epochs
 from prune_cli.costs import count_flops, param_counts, remaining_flops
 from prune_cli.data import build_data
 from prune_cli.distributed import PREEMPTION, Dist
+from prune_cli.loggers import HISTORY_FILE, Tracker
 from prune_cli.pruning import Masks, prunable_parameters
+from prune_cli.rundir import (
+    RunBusyError,
+    RunLock,
+    check_results,
+    clear_failure,
+    is_complete,
+)
 from prune_cli.store import (
+    CorruptFileError,
     DenseCache,
     append_row,
     config_hash,
     dense_hash,
     dense_spec,
     load_torch,
-    read_rows,
+    remove_orphan_temps,
     save_torch,
     write_rows,
     write_text,
@@ -68,6 +80,8 @@ class Built:
     dist: Dist
     dense_prunable: int
     cfg: DictConfig
+    # prunable weights of each layer of the dense network (the denominator of layer densities)
+    dense_layers: dict[str, int] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> list[int]:
@@ -101,12 +115,21 @@ def make_model(cfg: DictConfig, device: torch.device) -> nn.Module:
     return model
 
 
+def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
+    """``model.load_state_dict`` of the file at ``path``; a file of another architecture is
+    one line naming it."""
+    try:
+        model.load_state_dict(load_torch(path, device))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(f"{path}: not a state of this model ({first})") from e
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` = the first CUDA GPU if there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: no CUDA device is available")
+    check_device(name)  # a SLURM job's node is only known here
     return torch.device(name)
 
 
@@ -199,6 +222,7 @@ def build(cfg: DictConfig) -> Built:
     )
     b.wrap()
     b.dense_prunable = b.masks.total()
+    b.dense_layers = {n.rsplit(".", 1)[0]: m.numel() for n, m in b.masks.masks.items()}
     return b
 
 
@@ -221,19 +245,59 @@ def keep_epochs(cfg: DictConfig) -> list[int]:
     return sorted(e for e in kept if e <= cfg.train.epochs)
 
 
-def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
+class MissingSnapshotError(ConfigError):
+    """A complete dense cache entry lacks the snapshot that weight rewinding needs."""
+
+
+WANTED = "wanted_snapshots.json"
+
+
+def request_snapshots(cache: DenseCache, epochs: list[int]) -> None:
+    """Ask whichever job trains ``cache`` to keep these epochs too (prune-run calls this for
+    every WR job of a command before any starts, so one dense training serves the whole sweep)."""
+    if not epochs:
+        return
+    path = cache.dir / WANTED
+    merged = set(epochs) | wanted_snapshots(cache)
+    write_text(path, json.dumps(sorted(merged)) + "\n")
+
+
+def wanted_snapshots(cache: DenseCache) -> set[int]:
+    """Epochs requested through :func:`request_snapshots` (an unreadable request counts as none)."""
+    try:
+        return {int(e) for e in json.loads((cache.dir / WANTED).read_text())}
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def missing_snapshots(cfg: DictConfig, cache: DenseCache, meta: dict | None) -> list[int]:
+    """Rewind epochs this run needs that a complete entry does not have (none if incomplete)."""
+    if meta is None:
+        return []
+    return [e for e in rewind_epochs(cfg) if not cache.snapshot_path(e).exists()]
+
+
+def missing_snapshot_error(cfg: DictConfig, cache: DenseCache, missing: list[int]) -> str:
+    kept = sorted(e for e in range(cfg.train.epochs + 1) if cache.snapshot_path(e).exists())
+    return (
+        f"method.retrain_epochs={retrain_epochs(cfg):g}: weight rewinding needs the dense"
+        f" model of epoch {', '.join(map(str, missing))}, but the cached dense model {cache.dir}"
+        f" kept only epochs {kept}; run the same sweep's WR jobs together with the job that"
+        f" trains it, or delete {cache.dir} (when no run reads it) to retrain it with the snapshot"
+    )
+
+
+def dense(cfg: DictConfig, b: Built, tracker: Tracker | None = None) -> tuple[dict, DenseCache]:
     """Load the dense model from the cache, or train it there (one job trains, others wait).
 
-    Under DDP all ranks train together; rank 0 holds the lock and writes the cache entry.
+    A complete entry is never retrained in place: one that lacks this run's rewind snapshot is
+    an error (:class:`MissingSnapshotError`). Under DDP all ranks train together; rank 0 holds
+    the lock and writes the cache entry.
     """
     cache = DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
-    needed = rewind_epochs(cfg)
     d = b.dist
-
-    def ready() -> bool:
-        return cache.meta() is not None and cache.has_snapshots(needed)
-
-    if not distributed.broadcast(d, ready() if d.writer else None):
+    meta = distributed.broadcast(d, cache.meta() if d.writer else None)
+    if meta is None:
         lock = cache.lock() if d.writer else None
         if lock is not None:
             try:
@@ -243,35 +307,63 @@ def dense(cfg: DictConfig, b: Built) -> tuple[dict, DenseCache]:
                 lock.acquire()
         try:
             meta = cache.meta() if d.writer else None
-            train = distributed.broadcast(d, not ready() if d.writer else None)
-            if train:
-                keep = set(keep_epochs(cfg)) | set(meta.get("snapshots", []) if meta else [])
-                if meta is not None:
-                    log.info(
-                        "dense cache %s lacks snapshots %s: retraining it", cache.key[:10], needed
-                    )
-                    # incomplete from now on: readers that do not hold the lock must not pair
-                    # the old final weights with new snapshots
-                    cache.meta_path.unlink(missing_ok=True)
-                train_dense(cfg, b, cache, sorted(keep))
+            if distributed.broadcast(d, meta is None if d.writer else None):
+                if d.writer:
+                    remove_orphan_temps(cache.dir)
+                    _drop_state_without_snapshots(cfg, b, cache)
+                train_dense(cfg, b, cache, keep_epochs(cfg), tracker)
         finally:
             if lock is not None:
                 lock.release()
     else:
         log.info("dense model %s from the cache (%s)", cache.key[:10], cache.dir)
     distributed.barrier(d)
-    b.model.load_state_dict(load_torch(cache.final_path(), b.device))
-    return cache.meta(), cache
+    meta = cache.meta()
+    missing = missing_snapshots(cfg, cache, meta)
+    if missing:
+        raise MissingSnapshotError(missing_snapshot_error(cfg, cache, missing))
+    load_weights(b.model, cache.final_path(), b.device)
+    return meta, cache
 
 
-def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[int]) -> None:
+def _drop_state_without_snapshots(cfg: DictConfig, b: Built, cache: DenseCache) -> None:
+    """An interrupted dense training resumed past an epoch that this run (or its sweep) needs a
+    snapshot of, which the interrupted job did not keep: start that training over."""
+    state = cache.state_path()
+    if not state.exists():
+        return
+    saved = load_torch(state)
+    if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+        raise CorruptFileError(
+            f"{state}: not a training state; delete it to start that training over"
+        )
+    done = saved["step"] // b.steps_per_epoch
+    keep = set(keep_epochs(cfg)) | wanted_snapshots(cache)
+    lost = sorted(e for e in keep if e <= done and not cache.snapshot_path(e).exists())
+    if lost:
+        log.info(
+            "dense model %s: the interrupted training did not keep epochs %s; starting it over",
+            cache.key[:10],
+            lost,
+        )
+        state.unlink()
+
+
+def train_dense(
+    cfg: DictConfig,
+    b: Built,
+    cache: DenseCache,
+    snapshots: list[int],
+    tracker: Tracker | None = None,
+) -> None:
     """Train the dense model into ``cache`` with the snapshots that weight rewinding needs."""
     log.info("training the dense model (%d epochs) into %s", cfg.train.epochs, cache.dir)
     writer = b.dist.writer
     phase = Phase("dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed)
 
     def snapshot(epoch: int) -> None:
-        if writer and epoch in snapshots:
+        # requests of jobs started after this training began are honoured up to their epoch
+        if writer and (epoch in snapshots or epoch in wanted_snapshots(cache)):
             save_torch(b.model.state_dict(), cache.snapshot_path(epoch))
 
     res = train_phase(
@@ -286,6 +378,8 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
         progress=cfg.progress and writer,
         world_size=b.dist.world_size,
         writer=writer,
+        # the records also go to the cache entry, for the runs that reuse this dense model
+        track=tracker.phase(0, phase, cache.dir / HISTORY_FILE) if tracker else None,
     )
     acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
     if not writer:
@@ -299,7 +393,9 @@ def train_dense(cfg: DictConfig, b: Built, cache: DenseCache, snapshots: list[in
             "images_seen": res.images_seen,
             "wall_s": res.wall_s,
             # a phase resumed past an epoch could not save it: record only what exists
-            "snapshots": [e for e in snapshots if cache.snapshot_path(e).exists()],
+            "snapshots": [
+                e for e in range(cfg.train.epochs + 1) if cache.snapshot_path(e).exists()
+            ],
             "spec": dense_spec(cfg),
             "train_loss": res.train_loss,
         }
@@ -321,6 +417,7 @@ def base_row(cfg: DictConfig, b: Built, level: int, chash: str, flops: int | Non
     if flops is None:
         flops = remaining_flops(b.dense_flops, b.masks.layer_density())
     density = b.masks.alive() / b.dense_prunable
+    alive = {n.rsplit(".", 1)[0]: int(m.count_nonzero()) for n, m in b.masks.masks.items()}
     return {
         "level": level,
         "density": density,
@@ -332,6 +429,10 @@ def base_row(cfg: DictConfig, b: Built, level: int, chash: str, flops: int | Non
         "dense_flops": dense_total,
         "flops": flops,
         "theoretical_speedup": dense_total / max(flops, 1),
+        # remaining fraction of each layer's dense weights (masked or removed channels)
+        "layer_density": {k: alive.get(k, 0) / n for k, n in b.dense_layers.items()},
+        "layers": list(b.dense_layers),  # network order (the row's dict keys are sorted)
+        "layer_params": list(b.dense_layers.values()),
         "method": cfg.method.name,
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
@@ -380,7 +481,13 @@ def check_run_dir(run_dir: Path, chash: str) -> None:
     """Refuse a run directory that holds another configuration's run (writes nothing)."""
     marker = Path(run_dir) / "run.json"
     if marker.exists():
-        other = json.loads(marker.read_text()).get("config_hash")
+        try:
+            other = json.loads(marker.read_bytes().decode())["config_hash"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptFileError(
+                f"{marker}: unreadable ({type(e).__name__}); it names the configuration this"
+                " directory belongs to: delete it only if the directory holds this run"
+            ) from None
         if other != chash:
             raise ConfigError(
                 f"hydra.run.dir={run_dir}: holds another configuration's run"
@@ -417,7 +524,10 @@ def replay_plans(model: nn.Module, ckpt: Path, upto: int, input_shape: list[int]
     plans = [ckpt / f"level_{k:02d}_plan.pt" for k in range(1, upto + 1)]
     for path in plans:
         if path.exists():
-            apply_channel_removal(model, load_torch(path), input_shape)
+            try:
+                apply_channel_removal(model, load_torch(path), input_shape)
+            except ValueError as e:
+                raise CorruptFileError(f"{path}: not a channel plan of this model ({e})") from e
     return any(p.exists() for p in plans)
 
 
@@ -436,20 +546,47 @@ def rewind(b: Built, snapshot: Path, ckpt: Path, level: int) -> None:
 def inference_speed(b: Built, cache: DenseCache) -> dict:
     """Measured inference of the smaller network against the dense one, same device and process."""
     dense_model = b.fresh_model()
-    dense_model.load_state_dict(load_torch(cache.final_path(), b.device))
+    load_weights(dense_model, cache.final_path(), b.device)
     return measure_inference(dense_model, b.model, b.input_shape, device=b.device)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows."""
+    """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows.
+
+    The run holds ``run_dir``'s lock throughout (under DDP: rank 0); a directory held by another
+    live process is refused with :class:`RunBusyError`.
+    """
     run_dir = Path(run_dir)
     chash = config_hash(cfg)
+    check_run_dir(run_dir, chash)
+    d = distributed.init(resolve_device(cfg.device))
+    lock = RunLock(run_dir)
+    busy = None
+    if d.writer:
+        try:
+            lock.acquire()
+        except RunBusyError as e:
+            busy = str(e)
+    busy = distributed.broadcast(d, busy)
+    if busy:
+        raise RunBusyError(busy)
+    try:
+        with Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
+            return _run_held(cfg, run_dir, chash, tracker)
+    finally:
+        lock.release()
+
+
+def _run_held(cfg: DictConfig, run_dir: Path, chash: str, tracker: Tracker) -> list[dict]:
     results = run_dir / "results.jsonl"
     n_levels, s = level_plan(cfg)
     t = retrain_epochs(cfg)
-    rows = read_rows(results)
-    if rows and len(rows) == n_levels + 1 and not cfg.rerun:
+    if distributed.init(resolve_device(cfg.device)).writer:
+        remove_orphan_temps(run_dir)
+    rows = [] if cfg.rerun else check_results(run_dir, chash, n_levels)
+    if is_complete(rows, n_levels):
         guard_run_dir(run_dir, chash)
+        clear_failure(run_dir)
         log.info(
             "%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels
         )
@@ -459,19 +596,20 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     writer = b.dist.writer
     if writer:
         guard_run_dir(run_dir, chash)
-        if cfg.rerun and rows:
+        clear_failure(run_dir)
+        if cfg.rerun:
             write_rows(results, [])
             (run_dir / "train_state.pt").unlink(missing_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     distributed.barrier(b.dist)
-    rows = read_rows(results)
     PREEMPTION.install()
+    tracker.start(b.steps_per_epoch)
     ckpt = run_dir / "checkpoints"
     if rows and not rewind_epochs(cfg) and cfg.pruning.criterion != "l1_filter":
         # resuming: the levels need nothing of the dense model (even if the cache is gone)
         meta, cache = None, DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
     else:
-        meta, cache = dense(cfg, b)
+        meta, cache = dense(cfg, b, tracker)
     if not rows:
         row = base_row(cfg, b, 0, chash) | {
             "acc_after_prune": None,
@@ -486,14 +624,17 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             shutil.copyfile(cache.dir / "lr.csv", run_dir / "lr_level_0.csv")
             save_torch(b.model.state_dict(), ckpt / "level_00.pt")
             save_torch(b.masks.state_dict(), ckpt / "level_00_masks.pt")
+            tracker.replay(cache.dir / HISTORY_FILE)  # a dense model trained by another job
+            tracker.summary(0, row)
             append_row(results, row)
         rows.append(row)
     else:
         last = rows[-1]["level"]
         if replay_plans(b.model, ckpt, last, b.input_shape):
             b.wrap()
-        b.model.load_state_dict(load_torch(ckpt / f"level_{last:02d}.pt", b.device))
-        b.masks.load_state_dict(load_torch(ckpt / f"level_{last:02d}_masks.pt"))
+        load_weights(b.model, ckpt / f"level_{last:02d}.pt", b.device)
+        masks_path = ckpt / f"level_{last:02d}_masks.pt"
+        b.masks.load_state_dict(load_torch(masks_path), source=masks_path)
         log.info("resuming %s after level %d", run_dir, last)
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -534,6 +675,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             progress=cfg.progress and writer,
             world_size=b.dist.world_size,
             writer=writer,
+            track=tracker.phase(level, phase),
         )
         t1 = time.perf_counter()
         acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
@@ -553,6 +695,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
             save_torch(b.masks.state_dict(), ckpt / f"level_{level:02d}_masks.pt")
             write_lr_log(run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch)
+            tracker.summary(level, row)
             append_row(results, row)
             (run_dir / "train_state.pt").unlink(missing_ok=True)
         rows.append(row)

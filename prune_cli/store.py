@@ -1,16 +1,27 @@
 """Files of a run: config hashes, atomic writes, results rows, checkpoints, the dense cache.
 
 Every write here is atomic (temporary file in the same directory, fsync, ``os.replace``), so a
-kill at any instant leaves either the old or the new complete file.
+kill at any instant leaves either the old or the new complete file; the temporary files such a
+kill leaves behind are removed by :func:`remove_orphan_temps`. Files are created with the
+permissions the umask (and a directory's default ACL) gives, like any other program's.
+
+Nothing read here can run code: checkpoints load with ``torch.load(weights_only=True)`` (tensors
+and plain data only), and any file that is torn, foreign or needs more is a
+:class:`CorruptFileError` with one line naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +31,18 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change what a run computes (where it reads data, how it reports progress).
-_NOT_HASHED = {"hydra", "progress", "cache_dir", "rerun", "device", "threads"}
+_NOT_HASHED = {
+    "hydra",
+    "progress",
+    "cache_dir",
+    "rerun",
+    "device",
+    "threads",
+    # what is logged and where, and how often the test set is evaluated, change no weight
+    "logger",
+    "eval_every",
+    "log_every_n_steps",
+}
 _NOT_HASHED_DATASET = {"root", "download"}
 
 
@@ -89,45 +111,170 @@ def dense_hash(cfg: DictConfig) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+# the temporary names of atomic_path (the same as tempfile.mkstemp's, so that the orphans of
+# earlier versions are recognised too): .<name>.<8 of [a-z0-9_]>.tmp
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``);
+    elsewhere set and restored once (a moment in which another thread could create a file)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return _umask_once()
+
+
+@functools.cache
+def _umask_once() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions a new file gets: ``0o666`` less the umask (e.g. ``0o644`` under ``022``)."""
+    return 0o666 & ~umask()
+
+
+def _create_temp(directory: Path, name: str) -> Path:
+    """Create an empty, new ``.<name>.XXXXXXXX.tmp`` in ``directory``; the kernel applies the
+    umask and default ACLs to mode ``0o666`` (``mkstemp`` would force ``0o600``)."""
+    for _ in range(100):
+        suffix = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
+        tmp = directory / f".{name}.{suffix}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{directory}: no free temporary name for {name}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    The new file has the permissions of any file created under the current umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_temp(path.parent, path.name)
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename or not e.strerror:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # name the file (a full disk)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def remove_orphan_temps(directory: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.XXXXXXXX.tmp``) that writes killed midway left in
+    ``directory`` and its subfolders (symbolic links are not followed); return those deleted.
+
+    Call it only while holding the lock of everything written there: a temporary file of a
+    write in progress looks the same.
+    """
+    removed = []
+    for top, _dirs, names in os.walk(directory):
+        for name in names:
+            if _TEMP_NAME.fullmatch(name):
+                p = Path(top) / name
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
 def write_text(path: Path, text: str) -> None:
     """Atomically write ``text`` to ``path``."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Atomically ``torch.save`` ``obj`` to ``path``.
+
+    Serialised in memory first: torch's own file writer turns a full disk into an opaque
+    ``RuntimeError``; a plain write raises the ``OSError`` (ENOSPC) that names the file.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 class CorruptFileError(RuntimeError):
-    """A checkpoint or cache file that exists but cannot be read."""
+    """A checkpoint, state or cache file that exists but cannot be read (one-line message)."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_OPERAND = re.compile(r"Unsupported operand \S+")
 
 
 def load_torch(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load`` that names the file when it is torn or corrupt."""
+    """``torch.load`` of tensors and plain data only (``weights_only=True``: a file whose pickle
+    would call any other function is refused and nothing of it runs).
+
+    Raises :class:`CorruptFileError`, one line naming the file, when it is missing, torn, not a
+    torch file, or needs more than tensors and plain data to load.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise CorruptFileError(f"{path}: no such file") from e
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise CorruptFileError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+        text = str(e)
+        if m := _GLOBAL.search(text):
+            why = (
+                f"its pickle calls {m.group(1)}; prune-cli loads only tensors and plain data"
+                " and never runs code from a file"
+            )
+        elif "Weights only load failed" in text:
+            detail = m.group(0) if (m := _OPERAND.search(text)) else "not tensors and plain data"
+            why = f"torn, foreign, or it needs code to load ({detail}), which prune-cli refuses"
+        else:
+            why = f"torn or not a torch file ({_first_line(e)})"
+        raise CorruptFileError(f"{path}: not a readable plain tensor/state file: {why}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    """``e`` as ``Type: first sentence of its first line``."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    first = lines[0]
+    if len(first) > 100 and ". " in first:
+        first = first[: first.index(". ") + 1]
+    return f"{type(e).__name__}: {first}"
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON files the tool wrote
+# ----------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``; :class:`CorruptFileError` naming it if it cannot be read,
+    is not UTF-8 or is not JSON (torn, or overwritten with something else)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot be read ({_first_line(e)})") from e
+    return _json(path, data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,19 +283,43 @@ def load_torch(path: Path, map_location: Any = "cpu") -> Any:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a ``results.jsonl`` (empty if the file does not exist)."""
+    """The rows of a ``results.jsonl`` (empty if the file does not exist; blank lines skipped).
+
+    Raises :class:`CorruptFileError` naming the file and line for a line that is not UTF-8, not
+    JSON, or not a JSON object.
+    """
     path = Path(path)
-    if not path.exists():
-        return []
-    return [_json(path, line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _json(path: Path, text: str) -> Any:
-    """``json.loads(text)``, or :class:`CorruptFileError` naming ``path`` if it is torn."""
     try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot be read ({_first_line(e)})") from e
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        row = _json(path, line, number)
+        if not isinstance(row, dict):
+            raise CorruptFileError(f"{path}, line {number}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _json(path: Path, data: bytes | str, line: int | None = None) -> Any:
+    """``json.loads(data)``, or :class:`CorruptFileError` naming ``path`` (and ``line``) if it
+    is torn or not UTF-8 JSON."""
+    where = f"{path}, line {line}" if line is not None else str(path)
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(text)
-    except ValueError as e:
-        raise CorruptFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(
+            f"{where}: unreadable (not UTF-8 text: byte {e.object[e.start]:#04x} at offset"
+            f" {e.start})"
+        ) from e
+    except (ValueError, RecursionError) as e:
+        raise CorruptFileError(f"{where}: unreadable ({_first_line(e)})") from e
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -169,6 +340,10 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+# the numbers of meta.json that runs read
+_META_NUMBERS = ("acc", "epochs", "images_seen", "wall_s")
+
+
 class DenseCache:
     """Dense models keyed by :func:`dense_hash`, shared by every run and sweep job.
 
@@ -187,13 +362,39 @@ class DenseCache:
 
     def lock(self) -> FileLock:
         self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.dir / ".lock"))
+        # an explicit mode: filelock before 4 made lock files 0o644 whatever the umask, which
+        # shuts the other members of a group out of a group-shared cache
+        return FileLock(str(self.dir / ".lock"), mode=file_mode())
 
     def meta(self) -> dict | None:
-        """The entry's metadata if it is complete, else ``None``."""
+        """The entry's metadata if it is complete, else ``None``.
+
+        Raises :class:`CorruptFileError` naming ``meta.json`` if it is torn, not JSON, or lacks
+        a number the runs read from it.
+        """
         if not self.meta_path.exists():
             return None
-        return _json(self.meta_path, self.meta_path.read_text())
+        meta = read_json(self.meta_path)
+        if not isinstance(meta, dict):
+            raise self._bad_meta("not a JSON object")
+        for key in _META_NUMBERS:
+            value = meta.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self._bad_meta(f"no number {key!r}")
+            if not math.isfinite(value):
+                raise self._bad_meta(f"{key!r} is {value}")
+        snapshots = meta.get("snapshots", [])
+        if not isinstance(snapshots, list) or not all(
+            isinstance(e, int) and not isinstance(e, bool) for e in snapshots
+        ):
+            raise self._bad_meta("'snapshots' is not a list of epochs")
+        return meta
+
+    def _bad_meta(self, why: str) -> CorruptFileError:
+        return CorruptFileError(
+            f"{self.meta_path}: not a dense-cache record ({why});"
+            f" delete {self.dir} to train this dense model again"
+        )
 
     def snapshot_path(self, epoch: int) -> Path:
         return self.dir / f"snap_{epoch:04d}.pt"

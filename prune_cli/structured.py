@@ -195,7 +195,7 @@ def plan_l1_filter(
 
 @torch.no_grad()
 def apply_channel_removal(
-    model: nn.Module, plan: Mapping[str, torch.Tensor], input_shape: Sequence[int]
+    model: nn.Module, plan: Mapping[str, Sequence[int] | torch.Tensor], input_shape: Sequence[int]
 ) -> None:
     """Remove the planned output channels in place: the conv's filters, its BN entries and the
     matching input channels of its consumers; every other weight is kept as it was.
@@ -203,8 +203,17 @@ def apply_channel_removal(
     The plan's indices refer to the layer's channels before this call, so one plan can be
     replayed on any model of the same (unpruned-at-these-layers) architecture, e.g. a dense
     snapshot for weight rewinding. Parameters are replaced by new, smaller ones: optimizers and
-    masks built over the old ones must be rebuilt. ValueError if the plan does not fit the model.
+    masks built over the old ones must be rebuilt. ``plan`` maps conv names to lists (or 1-D
+    integer tensors) of channel indices. ValueError if the plan is not that or does not fit the
+    model.
     """
+    if not isinstance(plan, Mapping):
+        raise ValueError(
+            f"a plan is a dict of conv name to channel indices, not {type(plan).__name__}"
+        )
+    for name, idxs in plan.items():
+        if not isinstance(name, str) or not _indices(idxs):
+            raise ValueError(f"plan entry {name!r}: not a conv name with a list of channel indices")
     dg = _graph(model, input_shape)
     names = dict(model.named_modules())
     channels_last = False
@@ -227,6 +236,15 @@ def apply_channel_removal(
         model.to(memory_format=torch.channels_last)
 
 
+def _indices(idxs: object) -> bool:
+    """Whether ``idxs`` is a list/tuple of ints or a 1-D integer tensor."""
+    if isinstance(idxs, torch.Tensor):
+        return idxs.dim() == 1 and not idxs.is_floating_point() and idxs.dtype != torch.bool
+    return isinstance(idxs, (list, tuple)) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in idxs
+    )
+
+
 def _weight_sq(model: nn.Module) -> tuple[float, int]:
     """Sum of squares and count of all conv/linear weights."""
     ws = [m.weight.detach() for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)]
@@ -237,9 +255,10 @@ def structured_level(model: nn.Module, cfg_pruning: Mapping, input_shape: Sequen
     """Plan and apply one level of L1 filter pruning to ``model`` (in place); return its statistics.
 
     ``cfg_pruning`` needs ``stage_ratios`` and ``skip`` (the ``pruning`` config node). Returns
-    ``plan`` (save it: ``apply_channel_removal`` replays it), ``removed`` (channels per conv),
-    ``params_before``/``params_after`` (all parameters), ``flops_before``/``flops_after`` (MACs of
-    one example), and for the retraining schedules ``s`` (fraction of conv/linear weights removed)
+    ``plan`` (``{conv name: [channel indices]}``, plain data: save it, ``apply_channel_removal``
+    replays it), ``removed`` (channels per conv), ``params_before``/``params_after`` (all
+    parameters), ``flops_before``/``flops_after`` (MACs of one example), and for the retraining
+    schedules ``s`` (fraction of conv/linear weights removed)
     and ``d1 = ‖θ − θ_p‖₂ / (‖θ‖₂ √s)``, with ``density`` = remaining fraction of those weights.
     """
     plan = plan_l1_filter(
@@ -254,7 +273,8 @@ def structured_level(model: nn.Module, cfg_pruning: Mapping, input_shape: Sequen
     # pruning only deletes entries, so ‖θ − θ_p‖² is the squared norm of what was deleted
     d1 = math.sqrt(max(sq_before - sq_after, 0.0) / sq_before / s) if s > 0 else 0.0
     return {
-        "plan": plan,
+        # plain data (saved beside the level's checkpoint, loaded with weights_only=True)
+        "plan": {name: [int(i) for i in idx] for name, idx in plan.items()},
         "removed": {name: len(idx) for name, idx in plan.items()},
         "params_before": params_before,
         "params_after": param_counts(model)["total_params"],

@@ -2,7 +2,10 @@
 
 The loop knows nothing about pruning except "re-apply the masks after each optimizer step".
 It sets the LR of every step from a schedule ``lr(x)``, keeps loss on the device (one host sync
-per epoch), and saves a resumable state at every epoch end.
+per epoch, which also brings the per-step losses for the loggers), and saves a resumable state at
+every epoch end. With a :class:`prune_cli.loggers.PhaseLog` it evaluates the test set after
+epochs (``eval_every``) and reports steps and epochs to the run's loggers; the console shows a
+bar or one line per epoch (:mod:`prune_cli.console`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from tqdm.auto import tqdm
 
+from prune_cli.console import PhaseProgress
 from prune_cli.distributed import PREEMPTION
+from prune_cli.loggers import PhaseLog
 from prune_cli.pruning import Masks
 from prune_cli.schedules import Schedule
-from prune_cli.store import load_torch, save_torch, write_text
+from prune_cli.store import CorruptFileError, load_torch, save_torch, write_text
 
 log = logging.getLogger("prune_cli")
 
@@ -83,9 +87,18 @@ def autocast(device: torch.device, precision: str):
 
 
 def rng_state() -> dict:
+    """Every generator's state as tensors and plain data (loads with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "mt": list(mt), "gauss": gauss},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -94,11 +107,39 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the generators from :func:`rng_state`'s data."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["mt"]), py["gauss"]))
+    np.random.set_state(
+        {
+            "bit_generator": npy["bit_generator"],
+            "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
+            "has_gauss": npy["has_gauss"],
+            "gauss": npy["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_state(state_path: Path, phase: Phase) -> dict | None:
+    """The saved state of ``phase`` at ``state_path`` (``None`` if it holds another phase's).
+
+    Raises :class:`CorruptFileError` naming the file if it is not a training state.
+    """
+    state = load_torch(state_path)
+    if not isinstance(state, dict) or not isinstance(state.get("phase"), str):
+        raise CorruptFileError(f"{state_path}: not a training state (no phase recorded)")
+    if state["phase"] != phase.name:
+        return None
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise CorruptFileError(f"{state_path}: not a training state (no {', '.join(missing)})")
+    return state
+
+
+_STATE_KEYS = ("step", "model", "optimizer", "masks", "rng", "images_seen", "wall_s", "lr_log")
 
 
 @torch.no_grad()
@@ -131,6 +172,7 @@ def train_phase(
     progress: bool = True,
     world_size: int = 1,
     writer: bool = True,
+    track: PhaseLog | None = None,
 ) -> PhaseResult:
     """Train ``model`` for ``phase.steps`` optimizer steps.
 
@@ -138,7 +180,10 @@ def train_phase(
     ``on_epoch_end(e)`` runs after epoch ``e`` (and with ``e = 0`` before the first), e.g. to
     keep snapshots for weight rewinding. With ``state_path`` the phase saves its full state at
     every epoch end (and at the next step after a preemption signal) and, when a state of the
-    same phase exists there, continues from it at that step.
+    same phase exists there, continues from it at that step. ``track`` (rank 0): the run's
+    loggers, which get the per-step losses and LRs and each epoch's loss, test accuracy
+    (evaluated after the epochs it names) and throughput; ``progress``: a bar on a terminal
+    (without one, rank 0 logs a line per epoch).
     Raises :class:`DivergenceError` when the epoch's mean loss is not finite.
     """
     forward = model if forward is None else forward  # (a compiled module has no truth value)
@@ -147,13 +192,21 @@ def train_phase(
     result = PhaseResult()
     step = 0
     if state_path is not None and Path(state_path).exists():
-        state = load_torch(state_path)
-        if state.get("phase") == phase.name:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if masks is not None:
-                masks.load_state_dict(state["masks"])
-            set_rng_state(state["rng"])
+        state = _resume_state(Path(state_path), phase)
+        if state is not None:
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                if masks is not None:
+                    masks.load_state_dict(state["masks"], source=state_path)
+                set_rng_state(state["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                if isinstance(e, CorruptFileError):
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise CorruptFileError(
+                    f"{state_path}: not a training state of this run ({type(e).__name__}: {first})"
+                ) from e
             step = state["step"]
             result = PhaseResult(
                 state["images_seen"],
@@ -166,6 +219,8 @@ def train_phase(
             )
     if step == 0 and on_epoch_end is not None:
         on_epoch_end(0)
+    if track is not None:
+        track.start(step)
 
     def save_state() -> None:
         if state_path is None or not writer:
@@ -190,24 +245,40 @@ def train_phase(
     # a state saved after the last step (the run was killed before recording it): nothing left
     start_epoch = phase.epochs if step >= phase.steps else step // spe
     model.train()
-    bar = tqdm(
-        range(start_epoch, phase.epochs),
-        desc=phase.name,
-        initial=start_epoch,
-        total=phase.epochs,
-        unit="ep",
-        leave=False,
-        disable=None if progress else True,
-        dynamic_ncols=True,
+    shown = PhaseProgress(
+        phase.name,
+        epochs=phase.epochs,
+        steps=phase.steps,
+        steps_per_epoch=spe,
+        n_train=data.n_train,
+        batch_size=bs,
+        start_step=min(step, phase.steps),
+        steps_after=track.steps_after if track is not None else 0,
+        show=writer,
+        bar=progress,
     )
+
+    def send_steps(first: int, step_ce: torch.Tensor, counts: list[int], lrs: list[float]):
+        """The step records of phase steps ``first ..`` (their losses: one device sync)."""
+        if track is None or not counts:
+            return []
+        j = first % spe
+        ce = step_ce[j : j + len(counts)].tolist()
+        return track.steps(first, spe, ce, counts, lrs)
+
     lr = float("nan")
     PREEMPTION.training = True
     try:
-        for epoch in bar:
+        for epoch in range(start_epoch, phase.epochs):
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
+            # each step's summed loss, on the device until the epoch's sync (for the loggers)
+            step_ce = torch.zeros(spe, device=device)
+            counts: list[int] = []
+            lrs: list[float] = []
             seen = 0
             done_in_epoch = step - epoch * spe  # > 0 only when resuming inside this epoch
+            first = step
             for i, (x, y) in enumerate(data.train_batches(bs, phase.epoch_seed(epoch))):
                 if i < done_in_epoch:
                     continue
@@ -227,36 +298,70 @@ def train_phase(
                 if masks is not None:
                     masks.apply()
                 loss_sum += ce.detach().float()
+                step_ce[i] = ce.detach().float()
+                counts.append(n_global)
+                lrs.append(lr)
                 seen += y.shape[0]
                 step += 1
+                shown.update(n_global, step)
                 if step == phase.steps:
                     break
                 if _preempted(step, world_size, device):
                     result.images_seen += seen * world_size
                     result.wall_s += time.perf_counter() - t0
+                    if world_size > 1:
+                        torch.distributed.all_reduce(step_ce)
+                    if track is not None:
+                        track.flush(send_steps(first, step_ce, counts, lrs))
                     save_state()
                     PREEMPTION.honor()
             seen_global = seen
             if world_size > 1:  # every rank sees the same mean loss, so all stop together on NaN
-                totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+                totals = torch.cat(
+                    [torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), step_ce]
+                )
                 torch.distributed.all_reduce(totals)
-                loss_sum, seen_global = totals[0], int(totals[1].item())
-            mean_loss = (loss_sum / max(seen_global, 1)).item()
+                loss_sum, seen_global, step_ce = totals[0], int(totals[1].item()), totals[2:]
+            mean = loss_sum / max(seen_global, 1)
+            if track is None:
+                mean_loss = mean.item()
+                records = []
+            else:  # the losses of the steps travel with the mean: still one sync
+                step_ce = torch.cat([mean.reshape(1), step_ce]).cpu()
+                mean_loss, step_ce = step_ce[0].item(), step_ce[1:]
+                records = send_steps(first, step_ce, counts, lrs)
+            epoch_s = time.perf_counter() - t0
             result.images_seen += seen_global
-            result.wall_s += time.perf_counter() - t0
+            result.wall_s += epoch_s
             result.train_loss = mean_loss
             if not math.isfinite(mean_loss):
                 raise DivergenceError(
                     f"{phase.name}, epoch {epoch + 1}: training loss is {mean_loss}"
                     " (diverged; try a smaller train.lr)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}")
+            last = step >= phase.steps
+            acc = None
+            if track is not None and track.evaluate_after(epoch + 1, last):
+                acc = evaluate(model, data, train_cfg.eval_batch_size, train_cfg.precision)
+            images_per_s = seen_global / max(epoch_s, 1e-9)
+            if track is not None:
+                # sent before the state is saved: a kill in between repeats the epoch, whose
+                # steps the loggers then drop, and loses nothing
+                epoch_metrics = {
+                    "train_loss": mean_loss,
+                    "test_acc": acc,
+                    "lr": lr,
+                    "images_per_s": images_per_s,
+                    "seconds": epoch_s,
+                }
+                track.flush([*records, track.epoch(epoch + 1, step - 1, epoch_metrics)])
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
             save_state()
+            shown.epoch_end(epoch + 1, step, mean_loss, acc, images_per_s)
     finally:
         PREEMPTION.training = False
-    bar.close()
+        shown.close()
     return result
 
 

@@ -114,6 +114,63 @@ CONFIG = [
         "unrecognized arguments",
         id="overrides then -m",
     ),
+    # a sweep of no job, an empty element of a sweep
+    (["-m", "seed=range(0,0)"], "seed: the sweep 'seed=range(0,0)' has no values"),
+    (["-m", "hydra.sweeper.params.seed=range(3,1)"], "the sweep"),
+    (["-m", "method=ft,"], "method: cannot parse the override 'method=ft,'"),
+    (["-m", "method=ft,,wr"], "method: cannot parse the override 'method=ft,,wr'"),
+    (["method=ft,"], "method: cannot parse the override"),
+    # devices that do not exist (here: cuda:999 on any machine, cpu and mps have index 0 only)
+    (["device=cpu:7"], "device=cpu:7"),
+    (["device=mps:1"], "device=mps:1"),
+    (["device=cuda:999"], "device=cuda:999"),
+    (["device=cuda:x"], "device=cuda:x"),
+    # bounds on epochs, levels and seeds
+    (["train.epochs=100000"], "train.epochs"),
+    (["train.epochs=1e8"], "train.epochs"),
+    (["method.retrain_epochs=20000"], "method.retrain_epochs"),
+    (["pruning.levels=100000"], "pruning.levels=100000"),
+    (
+        ["pruning.rate=0.001", "pruning.levels=null", "pruning.target_sparsity=0.999"],
+        "pruning.rate=0.001",
+    ),
+    (["seed=9223372036854775809"], "seed"),
+    (["seed=-1"], "seed"),
+    # a level plan whose density leaves less than one weight (LeNet: 50,200 prunable weights)
+    (["pruning.levels=90"], "pruning.levels=90"),
+    (
+        ["pruning.criterion=layerwise_magnitude", "pruning.levels=40"],
+        "pruning.levels=40",
+    ),
+    (
+        [
+            *["pruning.one_shot=true", "pruning.rate=null", "pruning.levels=null"],
+            "pruning.target_sparsity=0.99999999",
+        ],
+        "pruning.target_sparsity",
+    ),
+    # one-shot pruning with a level plan that it would ignore
+    (["pruning.one_shot=true", "pruning.target_sparsity=0.9"], "pruning.one_shot"),
+    (["pruning=one_shot"], "pruning.one_shot"),
+    # directories
+    (["hydra.run.dir=''"], "hydra.run.dir"),
+    (["-m", "hydra.sweep.dir=''"], "hydra.sweep.dir"),
+    (["-m", "hydra.sweep.subdir=''"], "hydra.sweep.subdir"),
+    (["cache_dir=''"], "cache_dir"),
+    (["cache_dir= "], "cache_dir"),
+    (["cache_dir=" + __file__], "cache_dir"),
+    (["cache_dir=" + __file__ + "/cache"], "cache_dir"),
+    # recipes
+    (["train.schedule.milestones=[20,5]"], "train.schedule.milestones"),
+    (["train.schedule.milestones=[5,5]"], "train.schedule.milestones"),
+    (["train.schedule.milestones=[-1,5]"], "train.schedule.milestones"),
+    (["train.snapshot_epochs=[1000]"], "train.snapshot_epochs"),
+    (["train.lr_reference_batch=0"], "train.lr_reference_batch"),
+    # the model against the data, checked by a forward pass of a dummy batch before anything runs
+    (["model=resnet20", "dataset=digits"], "model=resnet20 on dataset=digits"),
+    (["model.net.input_shape=[1,28,28]"], "dataset.input_shape"),
+    (["model.net.num_classes=7"], "dataset.num_classes"),
+    (["model.net.num_classes=-1"], "model.net"),
 ]
 
 
@@ -140,6 +197,85 @@ def test_config_error_is_one_line_naming_the_key(args, names):
 def test_good_input_passes_prevalidation():
     assert prevalidate(BASE) is None
     assert prevalidate(["-m", *BASE]) is None  # the quick start's own sweep: ft, wr, lrw
+
+
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(__file__).parent.parent / "conf" / "experiment").iterdir()
+)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_preset_passes_prevalidation(name, tmp_path):
+    """Each preset as a single run (its sweep's grid: see the README's timings)."""
+    assert prevalidate([f"experiment={name}", f"cache_dir={tmp_path}"]) is None
+
+
+def test_a_run_shorter_than_its_recipe_keeps_the_snapshots_it_reaches(tmp_path):
+    from conftest import compose
+
+    assert list(compose("model=resnet56", "train.epochs=100").train.snapshot_epochs) == [
+        *[12, 32, 52, 72, 92]
+    ]
+    assert list(compose("model=resnet56", "train.epochs=2").train.snapshot_epochs) == []
+    short = ["model=resnet20", "dataset=synthetic", "train.epochs=2", f"cache_dir={tmp_path}"]
+    assert prevalidate(short) is None
+
+
+def test_a_user_model_that_does_not_fit_the_data_is_one_line(monkeypatch):
+    example = Path(__file__).parent.parent / "examples" / "user_model"
+    monkeypatch.syspath_prepend(str(example))
+    argv = ["-cd", str(example / "conf"), "model=tiny_convnet"]
+    assert prevalidate(argv) is None
+    line = prevalidate([*argv, "model.net.input_shape=[3,8,8]"])
+    assert line is not None and "\n" not in line
+    assert "model=tiny_convnet on dataset=digits" in line and "dataset.input_shape" in line
+
+
+def test_the_device_is_checked_where_the_job_runs():
+    from conftest import compose
+
+    from prune_cli.checks import check_job, runs_here
+    from prune_cli.config import ConfigError
+
+    cfg = compose(*BASE, "device=cuda:999")
+    with pytest.raises(ConfigError, match="device=cuda:999"):
+        check_job(cfg)
+    check_job(cfg, here=False)  # a SLURM job: its node's GPUs are not this machine's
+    assert runs_here(None) and runs_here(
+        "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    )
+    assert not runs_here("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+
+
+def test_cuda_indices_are_checked_against_this_machines_gpus(monkeypatch):
+    from prune_cli.checks import check_device
+    from prune_cli.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for ok in ("cuda", "cuda:0", "cuda:1", "cpu", "auto"):
+        check_device(ok)
+    with pytest.raises(ConfigError, match=r"device=cuda:2: this machine has 2 CUDA devices"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda: no CUDA device"):
+        check_device("cuda")
+
+
+def test_models_are_built_once_per_distinct_model_config(monkeypatch, tmp_path):
+    from prune_cli import checks
+
+    built = []
+    build = checks.build_model
+    monkeypatch.setattr(checks, "_FACTS", {})
+    monkeypatch.setattr(checks, "build_model", lambda cfg: built.append(1) or build(cfg))
+    sweep = ["-m", *BASE, "seed=0,1,2", "method=ft,lrw", f"cache_dir={tmp_path}"]
+    assert prevalidate(sweep) is None
+    assert len(built) == 1
+    assert prevalidate([*sweep, "pruning.criterion=global_magnitude,random"]) is None
+    assert len(built) == 1
+    assert prevalidate([*sweep, "model.prune_exclude=[fc1],[fc2]"]) is None
+    assert len(built) == 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +323,15 @@ CLI = {
     "torn data file": (_torn_mnist, "train-images-idx3-ubyte"),
     "run dir holding another config's run": (_another_run, "another configuration's run"),
     "input shape differs from the data": (["dataset.input_shape=[3,32,32]"], "dataset.input_shape"),
+    "device that does not exist": (["device=cpu:7"], "device=cpu:7"),
+    "model that cannot take the data": (
+        ["model=resnet20", "dataset=digits"],
+        "model=resnet20 on dataset=digits",
+    ),
+    "density below one weight": (["pruning.levels=90"], "pruning.levels=90"),
+    "one-shot with a level plan": (["pruning.one_shot=true"], "pruning.one_shot"),
+    "sweep of no job": (["-m", "seed=range(0,0)"], "seed"),
+    "empty sweep element": (["-m", "method=ft,"], "method=ft,"),
 }
 
 
@@ -197,8 +342,9 @@ def cli_results(tmp_path_factory) -> dict[str, tuple]:
     for name, (how, _) in CLI.items():
         tmp = tmp_path_factory.mktemp("bad")
         extra = how(tmp) if callable(how) else how
-        argv = [
-            *[sys.executable, "-m", "prune_cli.cli", *QUIET],
+        sweep, extra = (extra[:1], extra[1:]) if extra[:1] == ["-m"] else ([], extra)
+        argv = [  # a sweep's -m goes first; its directory is then tmp/multirun/quickstart
+            *[sys.executable, "-m", "prune_cli.cli", *sweep, *QUIET],
             *[f"cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", *BASE, *extra],
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNE_CLI_DATA": str(tmp / "data")}
@@ -238,6 +384,18 @@ def test_cli_bad_input_exits_2_with_one_line_and_starts_nothing(cli_results, cas
     for path, data in before.items():
         if path.name != "run.log" and ".hydra" not in path.parts:
             assert path.read_bytes() == data, f"{path} was overwritten"
+
+
+PREVALIDATED = [
+    *["device that does not exist", "model that cannot take the data", "density below one weight"],
+    *["one-shot with a level plan", "sweep of no job", "empty sweep element"],
+]
+
+
+@pytest.mark.parametrize("case", PREVALIDATED)
+def test_cli_refusal_before_hydra_writes_nothing(cli_results, case):
+    rc, out, err, tmp, before = cli_results[case]
+    assert rc == 2 and not before and list(tmp.rglob("*")) == [], err  # not even a directory
 
 
 def test_another_configs_run_keeps_its_hydra_files(cli_results):

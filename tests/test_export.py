@@ -8,85 +8,157 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
-from prune_cli.export import main
-from prune_cli.models.cifar_resnet import cifar_resnet
+from prune_cli.export import TORCHSCRIPT_WARNING, main
 from prune_cli.pruning import Masks, prunable_parameters
 from prune_cli.store import save_torch
 from prune_cli.structured import structured_level
 from tests.conftest import compose
 
-SHAPE = (3, 32, 32)
 
-
-def run_dir(tmp_path: Path) -> tuple[Path, object]:
-    """A run directory as prune-run leaves it: config.yaml and the level-0 checkpoint."""
-    cfg = compose("model=resnet20", "dataset=synthetic")
+def run_dir(tmp_path: Path, *overrides: str) -> tuple[Path, nn.Module, object]:
+    """A run directory as prune-run leaves it: config.yaml and the level-0 checkpoint of the
+    model ``overrides`` compose (default: ResNet-20 on CIFAR-shaped data); the model (eval
+    mode) and the config."""
+    cfg = compose(*(overrides or ("model=resnet20", "dataset=synthetic")))
     root = tmp_path / "run"
     (root / "checkpoints").mkdir(parents=True)
     (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(0)
-    model = cifar_resnet(20).eval()
+    model = instantiate(cfg.model.net).eval()
     save_torch(model.state_dict(), root / "checkpoints" / "level_00.pt")
-    return root, model
+    return root, model, cfg
 
 
-def test_masked_run_exports_a_plain_state_dict(tmp_path, capsys) -> None:
-    root, model = run_dir(tmp_path)
+def masked_level(root: Path, model: nn.Module) -> Masks:
+    """Level 1 of a masked run: half the weights pruned, the masks saved beside the weights."""
     masks = Masks(prunable_parameters(model))
     masks.prune(0.5)
+    masks.apply()
     save_torch(model.state_dict(), root / "checkpoints" / "level_01.pt")
     save_torch(masks.state_dict(), root / "checkpoints" / "level_01_masks.pt")
-    main([str(root)])
-    out = root / "export" / "level_01.pt"
-    assert capsys.readouterr().out.strip() == str(out)
-    state = torch.load(out, weights_only=True)  # tensors only: no prune_cli object inside
-    fresh = cifar_resnet(20).eval()
-    fresh.load_state_dict(state)
-    assert int((state["layer1.0.conv1.weight"] != 0).sum()) == int(
-        masks.masks["layer1.0.conv1.weight"].sum()
+    return masks
+
+
+def structured_run(tmp_path: Path) -> tuple[Path, nn.Module]:
+    """ResNet-56-pruned-A (Li et al.): level 1 removed filters, then "retrained" its weights."""
+    root, model, cfg = run_dir(
+        tmp_path, "model=resnet56", "dataset=synthetic", "pruning=l1_filter_resnet56_a"
     )
-    x = torch.randn(2, *SHAPE)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), model(x))
-
-
-def test_structured_run_exports_torchscript_of_the_small_network(tmp_path) -> None:
-    root, model = run_dir(tmp_path)
-    stats = structured_level(model, {"stage_ratios": [0.5, 0.3, 0.1], "skip": []}, SHAPE)
+    stats = structured_level(model, cfg.pruning, list(cfg.dataset.input_shape))
     with torch.no_grad():  # stands in for retraining: the export must carry the new weights
         for p in model.parameters():
             p.add_(0.01)
     save_torch(model.state_dict(), root / "checkpoints" / "level_01.pt")
     save_torch(stats["plan"], root / "checkpoints" / "level_01_plan.pt")
-    out = tmp_path / "small.pt"
-    main([str(root), "--level", "1", "--out", str(out)])
-    x = torch.randn(2, *SHAPE)
+    return root, model.eval()
+
+
+def predictions(model, shape, batches=(1, 7)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(1)
+    xs = [torch.randn(b, *shape) for b in batches]
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(out))(x), model(x))
-    # a fresh interpreter that never imports prune_cli loads and runs it
+        return [(x, model(x)) for x in xs]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model=lenet300_100",),  # LeNet-300-100 on digits: flatten of the batch
+        ("model=resnet20", "dataset=synthetic"),  # CIFAR ResNet, option-A shortcuts, batch norm
+        ("model=vgg16", "dataset=synthetic"),  # VGG with batch norm and pooling
+    ],
+    ids=["lenet", "resnet20", "vgg16"],
+)
+def test_masked_run_exports_a_program_with_a_dynamic_batch(tmp_path, capsys, overrides) -> None:
+    root, model, cfg = run_dir(tmp_path, *overrides)
+    masks = masked_level(root, model)
+    main([str(root)])
+    out = root / "export" / "level_01.pt2"
+    assert capsys.readouterr().out.strip() == str(out)
+    program = torch.export.load(out)
+    name, mask = next(iter(masks.masks.items()))
+    assert int(program.state_dict[name].count_nonzero()) == int(mask.sum())  # pruned: zeros
+    exported = program.module()
+    for x, expected in predictions(model, list(cfg.dataset.input_shape)):  # traced at batch 2
+        with torch.no_grad():
+            torch.testing.assert_close(exported(x), expected)
+
+
+def test_structured_run_exports_the_small_network_loadable_without_prune_cli(tmp_path) -> None:
+    root, model = structured_run(tmp_path)
+    out = tmp_path / "small.pt2"
+    main([str(root), "--level", "1", "--out", str(out)])
+    cases = predictions(model, [3, 32, 32])
+    save_torch(cases, tmp_path / "cases.pt")
+    # a fresh interpreter that never imports prune_cli loads and runs it, at batch 1 and 7
     code = (
-        "import sys, torch; m = torch.jit.load(sys.argv[1]);"
-        " assert 'prune_cli' not in sys.modules;"
-        " print(tuple(m(torch.zeros(1, 3, 32, 32)).shape), getattr(m.layer1, '0').conv1.weight.shape[0])"
+        "import sys, torch; m = torch.export.load(sys.argv[1]).module();"
+        " cases = torch.load(sys.argv[2]); assert 'prune_cli' not in sys.modules\n"
+        "for x, y in cases:\n"
+        "    torch.testing.assert_close(m(x), y); print(tuple(m(x).shape))\n"
+        "print(m.state_dict()['layer1.0.conv1.weight'].shape[0])"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(out)],
+        [sys.executable, "-c", code, str(out), str(tmp_path / "cases.pt")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["(1,", "10)", "8"]
+    # 16 filters less 10% in the first conv of every block: the smaller network itself
+    assert proc.stdout.split() == ["(1,", "10)", "(7,", "10)", "14"]
 
 
-def test_level_zero_of_a_structured_run_is_the_dense_state_dict(tmp_path) -> None:
-    root, model = run_dir(tmp_path)
-    main([str(root), "--level", "0"])
+def test_torchscript_is_a_legacy_format_that_warns(tmp_path, capsys) -> None:
+    root, model = structured_run(tmp_path)
+    out = tmp_path / "small.pt"
+    main([str(root), "--format", "torchscript", "--out", str(out)])
+    assert capsys.readouterr().err == f"prune-export: warning: {TORCHSCRIPT_WARNING}\n"
+    with pytest.warns(FutureWarning):  # torch itself deprecates jit.load
+        loaded = torch.jit.load(str(out))
+    for x, expected in predictions(model, [3, 32, 32]):
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), expected)
+
+
+def test_state_dict_format_is_plain_tensors_with_zeros_where_pruned(tmp_path, capsys) -> None:
+    root, model, _ = run_dir(tmp_path)
+    masks = masked_level(root, model)
+    main([str(root), "--format", "state_dict"])
+    out = root / "export" / "level_01.pt"
+    assert capsys.readouterr().out.strip() == str(out)
+    state = torch.load(out, weights_only=True)  # tensors only: no prune_cli object inside
+    fresh = instantiate(compose("model=resnet20", "dataset=synthetic").model.net).eval()
+    fresh.load_state_dict(state)
+    assert int((state["layer1.0.conv1.weight"] != 0).sum()) == int(
+        masks.masks["layer1.0.conv1.weight"].sum()
+    )
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_level_zero_state_dict_is_the_dense_model(tmp_path) -> None:
+    root, model, _ = run_dir(tmp_path)
+    main([str(root), "--level", "0", "--format", "state_dict"])
     state = torch.load(root / "export" / "level_00.pt", weights_only=True)
     assert torch.equal(state["conv1.weight"], model.conv1.weight)
+
+
+class FixedBatch(nn.Module):
+    """A network whose code fixes the batch size at 1: torch.export cannot make it dynamic."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.view(1, -1))
 
 
 @pytest.mark.parametrize(
@@ -94,16 +166,24 @@ def test_level_zero_of_a_structured_run_is_the_dense_state_dict(tmp_path) -> Non
     [
         (["missing"], "no such run directory"),
         (["RUN", "--level", "3"], "no checkpoint for level 3 (levels: 0)"),
+        (["RUN", "--out", "OUT/model.pt"], "torch.export.load expects a .pt2 file"),
+        (["FIXED"], "torch.export cannot capture the run's model with a dynamic batch"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle) -> None:
-    root, _ = run_dir(tmp_path)
-    argv = [str(root) if a == "RUN" else str(tmp_path / a) if a == "missing" else a for a in args]
+    root, _, cfg = run_dir(tmp_path)
+    if "FIXED" in args:
+        cfg.model.net = {"_target_": f"{__name__}.FixedBatch"}
+        (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        save_torch(FixedBatch().state_dict(), root / "checkpoints" / "level_00.pt")
+    where = {"RUN": str(root), "FIXED": str(root), "missing": str(tmp_path / "missing")}
+    argv = [where.get(a, a.replace("OUT", str(tmp_path / "out"))) for a in args]
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and err.startswith("prune-export: error:")
+    assert not (root / "export").exists() and not (tmp_path / "out").exists()  # nothing written
 
 
 def test_directory_without_config_is_refused(tmp_path, capsys) -> None:

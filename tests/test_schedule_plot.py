@@ -7,8 +7,10 @@ import sys
 
 import matplotlib.image
 import pytest
+from matplotlib.colors import to_hex
 
-from prune_cli.plot_schedules import LABELS, curves
+from prune_cli.plot_schedules import LABELS, coinciding, curves, plot
+from prune_cli.report.style import METHODS
 
 
 def test_curves_of_all_seven_methods_follow_the_recipe():
@@ -21,6 +23,29 @@ def test_curves_of_all_seven_methods_follow_the_recipe():
     assert data["allr"][1][0] == pytest.approx(0.1 * 0.3)  # d = max(d1, t/T) = 0.3
     assert data["clr"][1][0] == pytest.approx(1e-4)  # starts at eta_min
     assert len(data["original"][1]) == 182 * 4
+
+
+def test_coinciding_schedules_are_one_line_named_together():
+    from prune_cli.cli import _compose
+
+    overrides = ["model=resnet56", "method.retrain_epochs=40"]
+    data = curves(overrides, steps_per_epoch=2, d1=0.0, s=0.2)
+    groups = coinciding(data)
+    # LRW replays the last 40 of 182 epochs at 0.001, FT's last LR; WR's LR is LRW's
+    assert ["ft", "wr", "lrw"] in groups
+    assert sorted(m for g in groups for m in g) == sorted(LABELS)
+    fig = plot(data, _compose("config", None, overrides), 0.0)
+    ax = fig.axes[1]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [" = ".join(LABELS[m] for m in g) for g in groups]
+    assert "FT = WR = LRW" in labels
+    # every method drawn in its report colour, those of a shared curve dashed in turn
+    lines = ax.get_lines()
+    assert sorted(to_hex(line.get_color()) for line in lines) == sorted(
+        METHODS[m].color for m in LABELS
+    )
+    shared = [line for line in lines if to_hex(line.get_color()) == METHODS["wr"].color]
+    assert shared[0].get_linestyle() == "--"
 
 
 def test_command_writes_a_png(tmp_path):

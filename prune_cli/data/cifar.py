@@ -60,15 +60,97 @@ CIFAR100 = _CifarSpec(
 )
 
 
+# ----------------------------------------------------------------------------------------------
+# A pickle reader that runs no code
+# ----------------------------------------------------------------------------------------------
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for a callable outside the allow-list (``name`` is ``module.name``)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _numpy_attr(module: str, name: str):
+    """``numpy._core.<module>.<name>`` (numpy 2), else ``numpy.core.<module>.<name>`` (numpy 1)."""
+    core = getattr(np, "_core", None)
+    if core is None or not hasattr(core, module):
+        core = np.core
+    return getattr(getattr(core, module), name)
+
+
+def _reconstruct(subtype, shape, dtype):
+    # how an ndarray pickles (protocols 0-4): an empty array of exactly numpy.ndarray, filled by
+    # its __setstate__ with the raw bytes
+    if subtype is not np.ndarray:
+        raise _Refused(f"numpy _reconstruct of {subtype!r}")
+    return _numpy_attr("multiarray", "_reconstruct")(subtype, shape, dtype)
+
+
+def _frombuffer(buf, dtype, shape, order):
+    # how an ndarray pickles with protocol 5
+    return _numpy_attr("numeric", "_frombuffer")(buf, _dtype(dtype), shape, order)
+
+
+def _dtype(*args):
+    dt = np.dtype(*args)
+    if dt.hasobject:  # an object array would hold whatever the pickle builds
+        raise _Refused("numpy.dtype of Python objects")
+    return dt
+
+
+def _latin1(text, encoding="latin1"):
+    # how Python 3 pickles bytes with protocol 2: _codecs.encode(str, "latin1")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+_PLAIN = {"dict": dict, "list": list, "bytes": bytes, "str": str, "int": int}
+_ALLOWED = {
+    **{(m, n): t for m in ("builtins", "__builtin__") for n, t in _PLAIN.items()},
+    ("_codecs", "encode"): _latin1,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    **{(f"numpy.{c}.multiarray", "_reconstruct"): _reconstruct for c in ("core", "_core")},
+    **{(f"numpy.{c}.numeric", "_frombuffer"): _frombuffer for c in ("core", "_core")},
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, bytes, strings, numbers and numpy arrays of plain dtypes, nothing
+    else: a pickle that would call any other function (e.g. ``os.system``) is refused before
+    anything of it runs."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def load_plain_pickle(path: Path):
+    """The object pickled in ``path``, built by :class:`_PlainUnpickler` (Python 2 strings are
+    read as bytes, as the official CIFAR batches need)."""
+    with open(path, "rb") as f:
+        return _PlainUnpickler(f, encoding="bytes").load()
+
+
 def _read_batch(path: Path, spec: _CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = load_plain_pickle(path)
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[spec.label_key], dtype=np.int64)
     except FileNotFoundError as e:
         raise DataError(
             f"{path}: missing {spec.title} file (incomplete {spec.folder}/ folder?)"
+        ) from e
+    except _Refused as e:
+        raise DataError(
+            f"{path}: not a {spec.title} batch: its pickle calls {e.name}; prune-cli reads only"
+            " plain data and numpy arrays from dataset pickles and never runs code from them"
         ) from e
     except Exception as e:
         raise DataError(f"{path}: not a {spec.title} batch ({one_line(e)})") from e
