@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,9 @@ from prune_cli.report.aggregation import BLOCK_KEYS, block_of
 from prune_cli.report.references import CITATIONS
 from prune_cli.report.style import STYLE, method_label, method_rank, method_style
 from prune_cli.report.tables import METRIC_NAMES, block_title, fmt_t
+
+# matplotlib's PDF backend subsets fonts with fontTools, which logs every table it prunes at INFO
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 # Shading of "rewinding wins": a colour no method uses, drawn under the curves.
 WIN_COLOR = "#f5c542"
