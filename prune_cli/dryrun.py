@@ -727,7 +727,7 @@ def render(p: Plan) -> str:
         "",
         f"total: {running} of {len(jobs)} jobs run, {len(to_train)} dense training"
         f"{'s' if len(to_train) != 1 else ''}; {total_epochs:,g} epochs, {total_images:,} images,"
-        f" {si(total_flops)}FLOPs, est. wall {duration(wall) if running else '0 s'}"
+        f" {si(total_flops, 'FLOPs')}, est. wall {duration(wall) if running else '0 s'}"
         " (one job after another)",
     ]
     theoretical = any(ph.theoretical for j in jobs for ph in j.phases)

@@ -44,12 +44,32 @@ def download(url: str, dest: Path, md5: str | None, timeout: float = DOWNLOAD_TI
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
+            _copy_with_progress(resp, out, url, dest.name)
         if md5 is not None and md5sum(tmp) != md5:
             raise DataError(f"{url}: downloaded file has the wrong md5 (expected {md5})")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy_with_progress(resp, out, url: str, name: str) -> None:
+    """Copy a download to ``out``: a bar on a terminal, a log line every 10% elsewhere."""
+    import logging
+
+    from tqdm.auto import tqdm
+
+    log = logging.getLogger("prune_cli")
+    total = int(resp.headers.get("Content-Length") or 0) or None
+    log.info("downloading %s (%s)", url, f"{total / 2**20:.0f} MiB" if total else "size unknown")
+    done, next_note = 0, 0.1
+    with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None, leave=False) as bar:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+            done += len(chunk)
+            bar.update(len(chunk))
+            if total and bar.disable and done / total >= next_note:
+                log.info("downloading %s: %d%%", name, int(100 * done / total))
+                next_note += 0.1
 
 
 def extract_tar(archive: Path, member_dir: str, dest_root: Path) -> Path:
