@@ -227,7 +227,6 @@ def _request_snapshots(cfgs: list[DictConfig], record: bool = True) -> None:
     from prune_cli.runner import (
         missing_snapshot_error,
         missing_snapshots,
-        request_snapshots,
         rewind_epochs,
     )
     from prune_cli.store import DenseCache, dense_hash
@@ -247,7 +246,7 @@ def _request_snapshots(cfgs: list[DictConfig], record: bool = True) -> None:
         return
     for cache, epochs in wanted.values():
         if cache.meta() is None:
-            request_snapshots(cache, sorted(epochs))
+            cache.request(sorted(epochs))
 
 
 def failure_line(e: BaseException) -> str:

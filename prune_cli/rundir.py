@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from prune_cli.store import CorruptFileError, write_text
+from prune_cli.store import CorruptFileError, read_json, write_text
 
 LOCK_NAME = ".lock"
 FAILED_NAME = "failed.json"
@@ -230,9 +230,9 @@ def read_failure(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        info = json.loads(path.read_bytes().decode())
-    except (OSError, ValueError) as e:
-        return {"error": f"{path}: unreadable failure record ({e})", "type": "CorruptFileError"}
+        info = read_json(path)
+    except CorruptFileError as e:
+        return {"error": str(e), "type": "CorruptFileError"}
     return info if isinstance(info, dict) else {"error": f"{path}: not a failure record"}
 
 

@@ -249,27 +249,6 @@ class MissingSnapshotError(ConfigError):
     """A complete dense cache entry lacks the snapshot that weight rewinding needs."""
 
 
-WANTED = "wanted_snapshots.json"
-
-
-def request_snapshots(cache: DenseCache, epochs: list[int]) -> None:
-    """Ask whichever job trains ``cache`` to keep these epochs too (prune-run calls this for
-    every WR job of a command before any starts, so one dense training serves the whole sweep)."""
-    if not epochs:
-        return
-    path = cache.dir / WANTED
-    merged = set(epochs) | wanted_snapshots(cache)
-    write_text(path, json.dumps(sorted(merged)) + "\n")
-
-
-def wanted_snapshots(cache: DenseCache) -> set[int]:
-    """Epochs requested through :func:`request_snapshots` (an unreadable request counts as none)."""
-    try:
-        return {int(e) for e in json.loads((cache.dir / WANTED).read_text())}
-    except (OSError, ValueError, TypeError):
-        return set()
-
-
 def missing_snapshots(cfg: DictConfig, cache: DenseCache, meta: dict | None) -> list[int]:
     """Rewind epochs this run needs that a complete entry does not have (none if incomplete)."""
     if meta is None:
@@ -338,7 +317,7 @@ def _drop_state_without_snapshots(cfg: DictConfig, b: Built, cache: DenseCache) 
             f"{state}: not a training state; delete it to start that training over"
         )
     done = saved["step"] // b.steps_per_epoch
-    keep = set(keep_epochs(cfg)) | wanted_snapshots(cache)
+    keep = set(keep_epochs(cfg)) | cache.wanted()
     lost = sorted(e for e in keep if e <= done and not cache.snapshot_path(e).exists())
     if lost:
         log.info(
@@ -363,7 +342,7 @@ def train_dense(
 
     def snapshot(epoch: int) -> None:
         # requests of jobs started after this training began are honoured up to their epoch
-        if writer and (epoch in snapshots or epoch in wanted_snapshots(cache)):
+        if writer and (epoch in snapshots or epoch in cache.wanted()):
             save_torch(b.model.state_dict(), cache.snapshot_path(epoch))
 
     res = train_phase(
@@ -572,16 +551,18 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         raise RunBusyError(busy)
     try:
         with Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
-            return _run_held(cfg, run_dir, chash, tracker)
+            return _run_held(cfg, run_dir, chash, tracker, d.writer)
     finally:
         lock.release()
 
 
-def _run_held(cfg: DictConfig, run_dir: Path, chash: str, tracker: Tracker) -> list[dict]:
+def _run_held(
+    cfg: DictConfig, run_dir: Path, chash: str, tracker: Tracker, writer: bool
+) -> list[dict]:
     results = run_dir / "results.jsonl"
     n_levels, s = level_plan(cfg)
     t = retrain_epochs(cfg)
-    if distributed.init(resolve_device(cfg.device)).writer:
+    if writer:
         remove_orphan_temps(run_dir)
     rows = [] if cfg.rerun else check_results(run_dir, chash, n_levels)
     if is_complete(rows, n_levels):

@@ -344,6 +344,9 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 _META_NUMBERS = ("acc", "epochs", "images_seen", "wall_s")
 
 
+WANTED_NAME = "wanted_snapshots.json"
+
+
 class DenseCache:
     """Dense models keyed by :func:`dense_hash`, shared by every run and sweep job.
 
@@ -408,6 +411,21 @@ class DenseCache:
     def state_path(self) -> Path:
         """Where the training phase that fills this entry keeps its resume state."""
         return self.dir / "train_state.pt"
+
+    def request(self, epochs: list[int]) -> None:
+        """Ask whichever job trains this entry to keep these snapshot epochs too (prune-run
+        asks for every WR job of a command before any starts, so one dense training serves the
+        whole sweep)."""
+        if epochs:
+            merged = set(epochs) | self.wanted()
+            write_text(self.dir / WANTED_NAME, json.dumps(sorted(merged)) + "\n")
+
+    def wanted(self) -> set[int]:
+        """Epochs asked for through :meth:`request` (an unreadable request counts as none)."""
+        try:
+            return {int(e) for e in json.loads((self.dir / WANTED_NAME).read_text())}
+        except (OSError, ValueError, TypeError):
+            return set()
 
     def commit(self, meta: dict) -> None:
         """Mark the entry complete (``meta.json`` is written last, atomically)."""
