@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli.config import ConfigError, level_plan
+from prune_cli.errors import ConfigError, first_line
 
 _DUMMY_BATCH = 2
 
@@ -47,12 +47,9 @@ def check_job(cfg: DictConfig, *, here: bool | None = None) -> None:
     if here is None:
         here = runs_here(OmegaConf.select(cfg, "hydra.launcher._target_"))
     if here:
-        check_device(str(cfg.device))
-    facts = model_facts(cfg)
-    if cfg.pruning.criterion == "l1_filter":
-        check_filter_plan(cfg)
-    else:
-        check_density(cfg, facts)
+        check_device(str(cfg.runtime.device))
+    model_facts(cfg)
+    check_pruning(cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,16 +70,20 @@ def check_device(device: str) -> None:
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device={device}: no CUDA device is available (use device=cpu)")
+            raise ConfigError(
+                f"runtime.device={device}: no CUDA device is available (use runtime.device=cpu)"
+            )
         if index and int(index) >= count:
             raise ConfigError(
-                f"device={device}: this machine has {count} CUDA device"
+                f"runtime.device={device}: this machine has {count} CUDA device"
                 f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})"
             )
     elif kind == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ConfigError(f"device={device}: MPS is not available here (use device=cpu)")
+            raise ConfigError(
+                f"runtime.device={device}: MPS is not available here (use runtime.device=cpu)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,26 +105,26 @@ def _model_key(cfg: DictConfig) -> str:
 
 
 def build_model(cfg: DictConfig):
-    """A fresh instance of ``model.net`` on the CPU; one line naming the key if it cannot be
-    imported or built. The global RNG is left as it was."""
+    """A fresh instance of ``model.net`` on the CPU (one line naming the key if it cannot be
+    built); the global RNG is left as it was."""
     import torch
-    from hydra._internal.utils import _locate
-    from hydra.utils import instantiate
 
-    target = OmegaConf.select(cfg, "model.net._target_")
-    try:
-        _locate(target)
-    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
-        cause = e.__cause__ or e
-        raise ConfigError(
-            f"model.net._target_={target}: cannot be imported ({_first_line(cause)})"
-        ) from e
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return instantiate(cfg.model.net)
-    except Exception as e:  # noqa: BLE001 - instantiate wraps argument errors and the model's own
-        cause = e.__cause__ or e
-        raise ConfigError(f"model.net: cannot build {target} ({_first_line(cause)})") from e
+    from prune_cli.models import build_model as build
+
+    with torch.random.fork_rng(devices=[]):
+        return build(cfg.model.net)
+
+
+_MODELS: dict[str, object] = {}
+
+
+def checked_model(cfg: DictConfig):
+    """The model of ``cfg`` as the checks build it: once per distinct model config (the checks
+    only read it: a dummy forward, traces, counts)."""
+    key = _model_key(cfg)
+    if key not in _MODELS:
+        _MODELS[key] = build_model(cfg)
+    return _MODELS[key]
 
 
 def model_facts(cfg: DictConfig) -> ModelFacts:
@@ -136,7 +137,7 @@ def model_facts(cfg: DictConfig) -> ModelFacts:
 
         from prune_cli.pruning import prunable_parameters
 
-        model = build_model(cfg)
+        model = checked_model(cfg)
         shape = [int(d) for d in cfg.dataset.input_shape]
         classes = int(cfg.dataset.num_classes)
         where = f"model={cfg.model.name} on dataset={cfg.dataset.name}"
@@ -146,7 +147,7 @@ def model_facts(cfg: DictConfig) -> ModelFacts:
         except Exception as e:  # noqa: BLE001 - whatever the model raises, the input does not fit
             raise ConfigError(
                 f"{where}: the model cannot take inputs of dataset.input_shape={shape}"
-                f" ({type(e).__name__}: {_first_line(e)})"
+                f" ({type(e).__name__}: {first_line(e)})"
             ) from e
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         if got != [_DUMMY_BATCH, classes]:
@@ -164,51 +165,30 @@ def model_facts(cfg: DictConfig) -> ModelFacts:
     return _FACTS[key]
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
 # ----------------------------------------------------------------------------------------------
 # Pruning plans
 # ----------------------------------------------------------------------------------------------
 
 
-def check_density(cfg: DictConfig, facts: ModelFacts) -> None:
-    """Unstructured pruning keeps at least one weight: the final density times the number of
-    prunable weights (of the smallest tensor, for layerwise pruning) is at least 1."""
-    p = cfg.pruning
-    levels, rate = level_plan(cfg)
-    density = (1.0 - rate) ** levels
-    if p.one_shot:
-        plan = f"pruning.target_sparsity={p.target_sparsity}"
-    elif p.rate is None:
-        plan = f"pruning.levels={p.levels} to pruning.target_sparsity={p.target_sparsity}"
-    else:
-        plan = f"pruning.levels={levels} of pruning.rate={p.rate}"
-    if p.criterion == "layerwise_magnitude":
-        name, n = facts.smallest
-        if density * n < 1:
-            raise ConfigError(
-                f"{plan}: density {density:.3g} leaves less than one weight of layer {name}"
-                f" ({n} weights; layerwise pruning prunes every layer alike)"
-            )
-    elif density * facts.prunable < 1:
+def check_pruning(cfg: DictConfig) -> None:
+    """Build the pruner and let it check its plan on a fresh model (a density that leaves less
+    than one weight, stage ratios that empty a layer, skip entries that name no layer), once
+    per distinct (model, pruning) pair: errors now rather than after the dense training."""
+    from prune_cli.pruning import Network, build_pruner
+
+    pruner = build_pruner(cfg.pruning)
+    carried = OmegaConf.select(cfg, "method.optimizer_state", default="fresh")
+    if pruner.reshapes and carried != "fresh":
         raise ConfigError(
-            f"{plan}: density {density:.3g} leaves less than one of the {facts.prunable}"
-            f" prunable weights of model={cfg.model.name}"
+            f"method.optimizer_state={carried}: pruning={pruner.name} cuts channels out of the"
+            " network, so no optimizer state fits the smaller one; use method.optimizer_state=fresh"
         )
-
-
-def check_filter_plan(cfg: DictConfig) -> None:
-    """Plan L1 filter pruning on a fresh model: ratios that empty a layer, or skip entries that
-    name no layer, fail now rather than after the dense training (once per distinct plan)."""
-    from prune_cli.structured import plan_l1_filter
-
-    p = cfg.pruning
-    key = json.dumps([_model_key(cfg), list(p.stage_ratios), list(p.skip)], default=str)
+    node = OmegaConf.to_container(cfg.pruning, resolve=True)
+    key = json.dumps([_model_key(cfg), node], sort_keys=True, default=str)
     if key in _PLANS:
         return
-    model = build_model(cfg)
-    plan_l1_filter(model, list(p.stage_ratios), list(p.skip), list(cfg.dataset.input_shape))
+    model = checked_model(cfg)
+    shape = [int(d) for d in cfg.dataset.input_shape]
+    net = Network(model, shape, lambda: build_model(cfg), list(cfg.model.prune_exclude))
+    pruner.check(net)
     _PLANS.add(key)

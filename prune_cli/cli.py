@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from prune_cli.checks import check_job
-from prune_cli.config import CONF_DIR, ConfigError, register, validate
+from prune_cli.config import CONF_DIR, apply_debug, register, validate
+from prune_cli.errors import ConfigError
 from prune_cli.loggers import check_loggers
 from prune_cli.store import config_hash
 
@@ -27,6 +28,11 @@ log = logging.getLogger("prune_cli")
 
 
 def _run_id(*, _root_: DictConfig) -> str:
+    # Hydra names the run directory before the task applies debug=tiny: hash what will run
+    if _root_.get("debug") is not None:
+        import copy
+
+        _root_ = apply_debug(copy.deepcopy(_root_))
     return config_hash(_root_)[:10]
 
 
@@ -34,7 +40,7 @@ OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
 register()
 
 
-def one_line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     """A one-line message for a configuration, composition or data error."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
@@ -50,7 +56,7 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, ConfigCompositionException) and e.__cause__ is not None:
         cause = e.__cause__
         if isinstance(cause, OmegaConfBaseException):
-            return f"{str(e).splitlines()[0].rstrip('.')}: {one_line(cause)}"
+            return f"{str(e).splitlines()[0].rstrip('.')}: {error_line(cause)}"
     text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
     return text or type(e).__name__
 
@@ -133,20 +139,19 @@ def _compose(name: str, config_dir: str | None, overrides: list[str], hydra_cfg:
     if config_dir:
         overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
     with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=overrides, return_hydra_config=hydra_cfg)
+        return apply_debug(compose(name, overrides=overrides, return_hydra_config=hydra_cfg))
 
 
 _COMPOSE_LOCK = threading.Lock()  # Hydra's compose API keeps global state
 
 
 def _importable(key: str, target: str) -> None:
-    from hydra._internal.utils import _locate
+    from prune_cli.errors import import_object
 
     try:
-        _locate(target)
-    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
-        cause = e.__cause__ or e
-        raise ConfigError(f"{key}={target}: cannot be imported ({one_line(cause)})") from e
+        import_object(target)
+    except ImportError as e:
+        raise ConfigError(f"{key}={target}: cannot be imported ({e})") from e
 
 
 def prevalidate(argv: list[str], dry_run: bool = False) -> str | None:
@@ -171,13 +176,13 @@ def prevalidate(argv: list[str], dry_run: bool = False) -> str | None:
             check_loggers(cfg)
             if not multirun:
                 # before Hydra writes <run dir>/.hydra/: refuse another config's run directory
-                from prune_cli.runner import check_run_dir
+                from prune_cli.rundir import check_run_dir
 
                 check_run_dir(Path(cfg.hydra.run.dir), config_hash(cfg))
                 _check_not_busy(Path(cfg.hydra.run.dir))
                 _check_writable("hydra.run.dir", Path(cfg.hydra.run.dir))
-            _check_writable("cache_dir", Path(cfg.cache_dir))
-            for key in ("model.net", "dataset.loader"):
+            _check_writable("runtime.cache_dir", Path(cfg.runtime.cache_dir))
+            for key in ("model.net", "dataset.loader", "pruning", "pruning.criterion"):
                 target = OmegaConf.select(cfg, f"{key}._target_")
                 if target and target not in located:
                     _importable(f"{key}._target_", target)
@@ -186,7 +191,7 @@ def prevalidate(argv: list[str], dry_run: bool = False) -> str | None:
             snapshots.append(cfg)
         _request_snapshots(snapshots, record=not dry_run)
     except Exception as e:  # noqa: BLE001 - every failure here is reported as one line
-        return one_line(e)
+        return error_line(e)
     return None
 
 
@@ -224,11 +229,9 @@ def _request_snapshots(cfgs: list[DictConfig], record: bool = True) -> None:
     """One dense training per sweep: every WR job's rewind epoch is asked of the dense cache
     entry before any job starts, so the job that trains it keeps them all; a complete entry that
     lacks one is refused now, not after other jobs ran."""
-    from prune_cli.runner import (
-        missing_snapshot_error,
-        missing_snapshots,
-        rewind_epochs,
-    )
+    from prune_cli.config import retrain_epochs
+    from prune_cli.errors import MissingSnapshotError
+    from prune_cli.runner import rewind_epochs
     from prune_cli.store import DenseCache, dense_hash
 
     wanted: dict[tuple[str, str], tuple[DenseCache, set[int]]] = {}
@@ -236,11 +239,17 @@ def _request_snapshots(cfgs: list[DictConfig], record: bool = True) -> None:
         epochs = rewind_epochs(cfg)
         if not epochs:
             continue
-        cache = DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
-        missing = missing_snapshots(cfg, cache, cache.meta())
+        cache = (
+            DenseCache.of(cfg)
+            if record
+            else DenseCache(Path(cfg.runtime.cache_dir), dense_hash(cfg))
+        )
+        missing = cache.missing(epochs) if cache.meta() is not None else []
         if missing:
-            raise ConfigError(missing_snapshot_error(cfg, cache, missing))
-        entry = wanted.setdefault((cfg.cache_dir, cache.key), (cache, set()))
+            raise MissingSnapshotError(
+                cache.missing_error(missing, f"method.retrain_epochs={retrain_epochs(cfg):g}")
+            )
+        entry = wanted.setdefault((cfg.runtime.cache_dir, cache.key), (cache, set()))
         entry[1].update(epochs)
     if not record:  # a dry run: checked, nothing written
         return
@@ -255,10 +264,8 @@ def failure_line(e: BaseException) -> str:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror} (files already written are intact; fix this and run the same command again to resume)"
     if type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
-        return (
-            f"out of memory ({one_line(e)}); try a smaller train.batch_size or fewer parallel jobs"
-        )
-    return one_line(e)
+        return f"out of memory ({error_line(e)}); try a smaller train.batch_size or fewer parallel jobs"
+    return error_line(e)
 
 
 INTERRUPTED = (
@@ -279,12 +286,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     from prune_cli.callbacks import write_outcome
     from prune_cli.data import DataError
+    from prune_cli.errors import CorruptFileError
     from prune_cli.record import hydra_sources, recording
     from prune_cli.rundir import RunBusyError, record_failure
     from prune_cli.runner import run
-    from prune_cli.store import CorruptFileError
     from prune_cli.train import DivergenceError
 
+    apply_debug(cfg)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -303,10 +311,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             sys.exit(130)
         except RunBusyError as e:  # another process's directory: write nothing into it
             if not multirun:
-                print(f"prune-run: error: {one_line(e)}", file=sys.stderr)
+                print(f"prune-run: error: {error_line(e)}", file=sys.stderr)
                 sys.exit(2)
-            outcome |= {"status": "busy", "error": one_line(e)}
-            log.error("%s", one_line(e))
+            outcome |= {"status": "busy", "error": error_line(e)}
+            log.error("%s", error_line(e))
         except Exception as e:  # noqa: BLE001 - a sweep goes on; a single run reports and stops
             known = isinstance(e, expected) or type(e).__name__ == "OutOfMemoryError"
             if not multirun and not known:

@@ -14,16 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
-
-
-def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv and linear modules whose weight is a parameter, by qualified name."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, _WEIGHT_LAYERS) and isinstance(module.weight, nn.Parameter)
-    }
+from prune_cli.layers import modes_kept
+from prune_cli.layers import weight_layers as _weight_layers
 
 
 def _lookup(table: Mapping[str, object], module_name: str) -> object | None:
@@ -51,15 +43,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    modes = {module: module.training for module in model.modules()}
     counter = FlopCounterMode(display=False)
-    try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with modes_kept(model, training=False), torch.no_grad(), counter:
+        model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     by_module = counter.get_flop_counts()
     # FlopCounterMode names modules "<RootClass>.<qualified name>"
     root = type(model).__name__

@@ -28,6 +28,7 @@ sets (and an absent ImageNet) count with their known sizes.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -40,8 +41,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from prune_cli.config import ConfigError, level_plan, retrain_epochs
+from prune_cli.config import n_levels as levels_of
+from prune_cli.config import retrain_epochs
 from prune_cli.data.base import global_steps
+from prune_cli.errors import ConfigError
 from prune_cli.store import DenseCache, config_hash, dense_hash
 
 PROBE_WARMUP = 2
@@ -210,16 +213,15 @@ def _run_dir(
             return Path(str(node.dir)) / str(node.subdir), note
         return Path(str(node.dir)), note
     except Exception as e:  # noqa: BLE001 - a pattern that needs Hydra's runtime values
-        from prune_cli.cli import one_line
+        from prune_cli.cli import error_line
 
-        return None, f"named by Hydra at launch ({one_line(e)})"
+        return None, f"named by Hydra at launch ({error_line(e)})"
 
 
 def _status(cfg: DictConfig, run_dir: Path | None, n_levels: int) -> tuple[str, str, int]:
     """``(status, note, levels done)`` of the job's run directory."""
-    from prune_cli.cli import one_line
-    from prune_cli.rundir import check_results, is_busy, is_complete, read_failure
-    from prune_cli.runner import check_run_dir
+    from prune_cli.cli import error_line
+    from prune_cli.rundir import check_results, check_run_dir, is_busy, is_complete, read_failure
 
     if run_dir is None or not run_dir.exists():
         return "new", "", 0
@@ -231,13 +233,13 @@ def _status(cfg: DictConfig, run_dir: Path | None, n_levels: int) -> tuple[str, 
         check_run_dir(run_dir, chash)
         rows = check_results(run_dir, chash, n_levels)
     except Exception as e:  # noqa: BLE001 - the real run stops on it: say so, plan nothing
-        return "refused", one_line(e), -1
-    if cfg.rerun:
-        return "rerun", "rerun=true: recomputes every level", 0
+        return "refused", error_line(e), -1
+    if cfg.runtime.rerun:
+        return "rerun", "runtime.rerun=true: recomputes every level", 0
     failed = read_failure(run_dir)
     why = f"; it failed before: {failed.get('error')}" if failed else ""
     if is_complete(rows, n_levels):
-        return "complete", "skipped (rerun=true recomputes it)", len(rows)
+        return "complete", "skipped (runtime.rerun=true recomputes it)", len(rows)
     if rows:
         done = len(rows) - 1
         return "partial", f"resumes after level {done} of {n_levels}{why}", len(rows)
@@ -250,7 +252,21 @@ def _status(cfg: DictConfig, run_dir: Path | None, n_levels: int) -> tuple[str, 
 
 
 def data_size(cfg: DictConfig) -> DataSize:
-    """Training and test set sizes of the job's data, without downloading or writing."""
+    """Training and test set sizes of the job's data, without downloading or writing; the
+    training size is what is left after the validation split (``dataset.val_fraction``)."""
+    size = _full_size(cfg)
+    fraction = cfg.dataset.get("val_fraction") or 0.0
+    if fraction:
+        from prune_cli.data.base import holdout_size
+
+        held = holdout_size(size.n_train, float(fraction))
+        return DataSize(
+            size.n_train - held, size.n_test, f"{size.source}; {held:,} held out for validation"
+        )
+    return size
+
+
+def _full_size(cfg: DictConfig) -> DataSize:
     from prune_cli.data import DataError, build_data
 
     loader = cfg.dataset.loader
@@ -289,72 +305,83 @@ class Arch:
     build: Callable[[], nn.Module]
 
 
-def _networks(cfg: DictConfig, n_levels: int, s: float) -> list[tuple[Arch, bool]]:
-    """The network of the dense phase and of levels 1..L: ``(Arch, theoretical)`` each."""
+def _networks(cfg: DictConfig, n_levels: int) -> list[tuple[Arch, bool]]:
+    """The network of the dense phase and of levels 1..L: ``(Arch, theoretical)`` each.
+
+    The configured pruner prunes a freshly initialised model level by level (which weights or
+    channels go does not matter for costs; gradient criteria score on random batches): a level
+    whose network is physically smaller is measured as built, a masked one is ``theoretical``
+    (the dense network's time, its MACs scaled by the layer densities)."""
     from prune_cli.costs import count_flops
-    from prune_cli.pruning import prunable_parameters
+    from prune_cli.pruning import Network, build_pruner
     from prune_cli.runner import make_model
 
     shape = [int(d) for d in cfg.dataset.input_shape]
+    classes, bs = int(cfg.dataset.num_classes), int(cfg.train.batch_size)
     net_key = json.dumps(
         [OmegaConf.to_container(cfg.model.net, resolve=True), shape], sort_keys=True
     )
+    pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
     cpu = torch.device("cpu")
     torch.manual_seed(cfg.seed)
+
+    def network(model: nn.Module) -> Network:
+        def batches(n: int):
+            gen = torch.Generator().manual_seed(cfg.seed)
+            for _ in range(n):
+                yield (
+                    torch.randn(bs, *shape, generator=gen),
+                    torch.randint(classes, (bs,), generator=gen),
+                )
+
+        return Network(
+            model, shape, lambda: make_model(cfg, cpu), list(cfg.model.prune_exclude), batches
+        )
+
     model = make_model(cfg, cpu)
     per_module = count_flops(model, shape)
     dense = Arch(net_key, per_module["total"], lambda: make_model(cfg, cpu))
     out = [(dense, False)]
-    if cfg.pruning.criterion == "l1_filter":
-        from prune_cli.structured import structured_level
-
-        pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
-        plans = []
-        for level in range(1, n_levels + 1):
-            stats = structured_level(model, cfg.pruning, shape)
-            plans.append(stats.pop("plan"))
-
-            def build(k: int = level) -> nn.Module:
-                from prune_cli.structured import apply_channel_removal
-
-                small = make_model(cfg, cpu)
-                for plan in plans[:k]:
-                    apply_channel_removal(small, plan, shape)
-                return small
-
-            key = json.dumps([net_key, pruning, level], sort_keys=True)
-            out.append((Arch(key, int(stats["flops_after"]), build), False))
-        return out
-    prunable = {n.rsplit(".", 1)[0] for n in prunable_parameters(model, cfg.model.prune_exclude)}
+    pruner = build_pruner(cfg.pruning)
+    pruner.attach(network(model))
     for level in range(1, n_levels + 1):
-        density = (1.0 - s) ** level
-        macs = sum(
-            m * (density if name in prunable else 1.0)
-            for name, m in per_module.items()
-            if name != "total"
-        )
-        out.append((Arch(net_key, round(macs), dense.build), True))
+        pruner.prune(level, torch.Generator().manual_seed(cfg.seed * 1000 + level))
+        macs = int(pruner.flops(per_module))
+        if count_flops(model, shape)["total"] == per_module["total"]:  # masked: same network
+            out.append((Arch(net_key, macs, dense.build), True))
+            continue
+        state = copy.deepcopy(pruner.state_dict())
+
+        def build(state: dict = state) -> nn.Module:
+            again = build_pruner(cfg.pruning)
+            small = make_model(cfg, cpu)
+            again.attach(network(small))
+            again.load_state_dict(state)
+            return small
+
+        key = json.dumps([net_key, pruning, level], sort_keys=True, default=str)
+        out.append((Arch(key, macs, build), False))
     return out
 
 
 def probe(arch: Arch, cfg: DictConfig, device: torch.device, label: str, num_classes: int) -> Probe:
     """Training images/s of ``arch`` at the recipe's batch size on ``device`` (random data)."""
-    from prune_cli.cli import one_line
+    from prune_cli.cli import error_line
     from prune_cli.train import autocast, make_optimizer
 
     bs = int(cfg.train.batch_size)
     shape = [int(d) for d in cfg.dataset.input_shape]
     threads = torch.get_num_threads()
     try:
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        if cfg.runtime.threads:
+            torch.set_num_threads(int(cfg.runtime.threads))
         cuda = []
         if device.type == "cuda":
             cuda = [device.index if device.index is not None else torch.cuda.current_device()]
         # the probe's random weights and data leave every generator as it was
         with torch.random.fork_rng(devices=cuda):
             model = arch.build().to(device).train()
-            fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+            fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
             model = model.to(memory_format=fmt)
             opt = make_optimizer(model, cfg.train)
             x = torch.randn(bs, *shape, device=device).contiguous(memory_format=fmt)
@@ -390,7 +417,7 @@ def probe(arch: Arch, cfg: DictConfig, device: torch.device, label: str, num_cla
             elapsed = time.perf_counter() - t0
         return Probe(label, steps * bs / elapsed, steps, warmup=warm)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: the plan stands without a time
-        return Probe(label, None, 0, one_line(e))
+        return Probe(label, None, 0, error_line(e))
     finally:
         torch.set_num_threads(threads)
 
@@ -432,22 +459,23 @@ def plan(argv: list[str], measure: Callable[..., Probe] | None = None) -> Plan |
         run_dir, dir_note = _run_dir(cfg, multirun, i, sweep_dir)
         if dir_note and f"run directories: {dir_note}" not in notes:
             notes.append(f"run directories: {dir_note}")
-        n_levels, s = level_plan(cfg)
+        n_levels = levels_of(cfg)
         t = retrain_epochs(cfg)
         status, status_note, rows = _status(cfg, run_dir, n_levels)
         runs = status not in ("complete", "refused", "busy")
-        structured = cfg.pruning.criterion == "l1_filter"
-        needs_dense = runs and (rows == 0 or bool(rewind_epochs(cfg)) or structured)
+        needs_dense = runs and (rows == 0 or bool(rewind_epochs(cfg)))
 
         key = dense_hash(cfg)
-        entry = dense.get((str(cfg.cache_dir), key))
+        entry = dense.get((str(cfg.runtime.cache_dir), key))
         if entry is None:
-            cache = DenseCache(Path(cfg.cache_dir), key)
+            cache = DenseCache(Path(cfg.runtime.cache_dir), key)
             if cache.meta() is not None:
                 state = "cache"
             else:
                 state = "resume" if cache.state_path().exists() else "train"
-            entry = dense[(str(cfg.cache_dir), key)] = Dense(key, str(cfg.cache_dir), state, None)
+            entry = dense[(str(cfg.runtime.cache_dir), key)] = Dense(
+                key, str(cfg.runtime.cache_dir), state, None
+            )
         trains = False
         if needs_dense:
             entry.users.append(i + 1)
@@ -464,7 +492,7 @@ def plan(argv: list[str], measure: Callable[..., Probe] | None = None) -> Plan |
 
         here = runs_here(OmegaConf.select(cfg, "hydra.launcher._target_"))
         try:
-            device = resolve_device(str(cfg.device))
+            device = resolve_device(str(cfg.runtime.device))
         except ConfigError:
             if here:
                 raise
@@ -480,7 +508,7 @@ def plan(argv: list[str], measure: Callable[..., Probe] | None = None) -> Plan |
             key,
             dense_note,
             trains,
-            device=str(device or cfg.device),
+            device=str(device or cfg.runtime.device),
         )
         jobs.append(job)
         if not runs:
@@ -501,14 +529,13 @@ def plan(argv: list[str], measure: Callable[..., Probe] | None = None) -> Plan |
                 list(cfg.dataset.input_shape),
                 OmegaConf.to_container(cfg.pruning, resolve=True),
                 n_levels,
-                s,
                 cfg.seed,
             ],
             sort_keys=True,
             default=str,
         )
         if net_key not in networks:
-            networks[net_key] = _networks(cfg, n_levels, s)
+            networks[net_key] = _networks(cfg, n_levels)
         nets = networks[net_key]
         bs = int(cfg.train.batch_size)
         if trains:
@@ -531,27 +558,27 @@ def plan(argv: list[str], measure: Callable[..., Probe] | None = None) -> Plan |
                 bs,
                 str(device),
                 cfg.train.precision,
-                bool(cfg.train.channels_last),
-                cfg.threads,
+                bool(cfg.runtime.channels_last),
+                cfg.runtime.threads,
             )
             if pkey not in probes:
                 where = (
                     f"level {phase.name.split()[1]} network"
-                    if structured and arch is not nets[0][0]
+                    if arch.key != nets[0][0].key
                     else "network"
                 )
                 threads = (
-                    f", {cfg.threads} thread{'s' if cfg.threads != 1 else ''}"
-                    if cfg.threads
+                    f", {cfg.runtime.threads} thread{'s' if cfg.runtime.threads != 1 else ''}"
+                    if cfg.runtime.threads
                     else ""
                 )
-                fmt = ", channels-last" if cfg.train.channels_last else ""
+                fmt = ", channels-last" if cfg.runtime.channels_last else ""
                 what = (
-                    f"{cfg.model.name} {where}, batch {bs}, {device or cfg.device}{threads},"
+                    f"{cfg.model.name} {where}, batch {bs}, {device or cfg.runtime.device}{threads},"
                     f" {cfg.train.precision}{fmt}"
                 )
                 if device is None:
-                    why = f"device={cfg.device} is not on this machine, the jobs' nodes have it"
+                    why = f"runtime.device={cfg.runtime.device} is not on this machine, the jobs' nodes have it"
                     probes[pkey] = Probe(what, None, error=why, skipped=True)
                 else:
                     classes = int(cfg.dataset.num_classes)
@@ -575,12 +602,12 @@ def _job_notes(cfg: DictConfig, notes: list[str]) -> None:
         )
         if line not in notes:
             notes.append(line)
-        if str(cfg.device) == "auto" and "slurm" in launcher.lower():
+        if str(cfg.runtime.device) == "auto" and "slurm" in launcher.lower():
             line = "device=auto: probed on this machine's device; the jobs' nodes pick their own"
             if line not in notes:
                 notes.append(line)
-    if cfg.train.compile:
-        line = "train.compile=true: the probe ran eagerly (compiled training is usually faster)"
+    if cfg.runtime.compile:
+        line = "runtime.compile=true: the probe ran eagerly (compiled training is usually faster)"
         if line not in notes:
             notes.append(line)
 
@@ -755,12 +782,12 @@ def render(p: Plan) -> str:
 def dry_run(argv: list[str]) -> int:
     """``prune-run --dry-run ARGV``: print the plan of the command; its exit status (0, or 2
     with one line on stderr when the plan cannot be made). Trains and writes nothing."""
-    from prune_cli.cli import one_line
+    from prune_cli.cli import error_line
 
     try:
         p = plan(argv)
     except Exception as e:  # noqa: BLE001 - like prevalidation: one line, exit status 2
-        print(f"prune-run: error: {one_line(e)}", file=sys.stderr)
+        print(f"prune-run: error: {error_line(e)}", file=sys.stderr)
         return 2
     if p is None:
         print("prune-run --dry-run: an informational command (--help, --cfg, ...) runs no job")

@@ -3,9 +3,9 @@
 ``prune-export RUN_DIR [--level K] [--format pt2|state_dict|torchscript] [--out FILE]``
 
 The network of level K is rebuilt on the CPU: ``model.net`` of the run's ``config.yaml`` is
-instantiated, the channel plans of levels 1..K (``checkpoints/level_<kk>_plan.pt``, structured
-runs) are replayed in order, the level's weights are loaded and its masks applied once more
-(zeros where pruned). Then, by ``--format``:
+instantiated, the run's pruner restores level K's state (``checkpoints/level_<kk>_pruning.pt``:
+the channel plans of levels 1..K replayed in order, or the masks), the level's weights are loaded
+and the masks applied once more (zeros where pruned). Then, by ``--format``:
 
 - ``pt2`` (default): a ``torch.export`` program of the network in eval mode, with a dynamic
   batch dimension (any batch >= 1), for ``torch.export.load(FILE).module()(x)``; the smaller
@@ -34,12 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from prune_cli.store import CorruptFileError, atomic_path, load_torch, save_torch
-from prune_cli.structured import apply_channel_removal
+from prune_cli.errors import CorruptFileError, one_line
+from prune_cli.store import atomic_path, load_torch, save_torch
 
 _LEVEL = re.compile(r"level_(\d+)\.pt")
 
@@ -54,17 +53,16 @@ def _levels(ckpt: Path) -> list[int]:
     )
 
 
-def _plans(ckpt: Path, level: int) -> list[Path]:
-    """The plan files of levels 1..``level``, in order (empty for a masked run)."""
-    return [p for k in range(1, level + 1) if (p := ckpt / f"level_{k:02d}_plan.pt").exists()]
-
-
 def build_model(run_dir: Path, level: int) -> tuple[nn.Module, list[int], bool]:
-    """The run's model at ``level`` on the CPU (eval mode), its input shape, and whether it is structured.
+    """The run's model at ``level`` on the CPU (eval mode), its input shape, and whether it is
+    physically smaller than the dense network (channels cut out).
 
     Raises :class:`ExportError` for a missing directory, config or checkpoint, or files that do
     not fit the run's model, :class:`~prune_cli.store.CorruptFileError` for an unreadable file.
     """
+    from prune_cli.models import build_model as build
+    from prune_cli.pruning import Network, build_pruner
+
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
     config = run_dir / "config.yaml"
@@ -75,18 +73,22 @@ def build_model(run_dir: Path, level: int) -> tuple[nn.Module, list[int], bool]:
     if not weights.is_file():
         have = ", ".join(str(k) for k in _levels(ckpt)) or "none"
         raise ExportError(f"{run_dir}: no checkpoint for level {level} (levels: {have})")
+    pruning = ckpt / f"level_{level:02d}_pruning.pt"
+    if not pruning.is_file():
+        raise ExportError(
+            f"{pruning}: missing (a run of an earlier prune-cli, or an incomplete level)"
+        )
     try:
         cfg = OmegaConf.load(config)
         input_shape = [int(d) for d in cfg.dataset.input_shape]
-        model = instantiate(cfg.model.net)
+        model = build(cfg.model.net)
+        pruner = build_pruner(cfg.pruning)
     except Exception as e:  # noqa: BLE001 - a config prune-run did not write, or its model's code
         raise ExportError(f"{config}: cannot build the run's model ({_one_line(e)})") from e
-    plans = _plans(ckpt, level)
-    for path in plans:  # each plan's indices refer to the network the previous plans left
-        try:
-            apply_channel_removal(model, load_torch(path), input_shape)
-        except ValueError as e:
-            raise ExportError(f"{path}: not a channel plan of this model ({_one_line(e)})") from e
+    dense_params = [tuple(p.shape) for p in model.parameters()]
+    net = Network(model, input_shape, lambda: build(cfg.model.net), list(cfg.model.prune_exclude))
+    pruner.attach(net)
+    pruner.load_state_dict(load_torch(pruning), source=pruning)
     state = load_torch(weights)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -96,28 +98,15 @@ def build_model(run_dir: Path, level: int) -> tuple[nn.Module, list[int], bool]:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ExportError(f"{weights}: does not fit the run's model ({_one_line(e)})") from e
-    masks_path = ckpt / f"level_{level:02d}_masks.pt"
-    if not plans and masks_path.is_file():
-        masks = load_torch(masks_path)
-        if not isinstance(masks, dict):
-            raise ExportError(f"{masks_path}: not pruning masks (a {type(masks).__name__})")
-        weights_of = dict(model.named_parameters())
-        for name, mask in masks.items():
-            w = weights_of.get(name)
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-                raise ExportError(f"{masks_path}: {name} is not a bool mask")
-            if w is None or mask.shape != w.shape:
-                raise ExportError(f"{masks_path}: {name} fits no weight of the run's model")
-            with torch.no_grad():
-                w.mul_(mask.to(w.dtype))
-    return model.eval(), input_shape, bool(plans)
+    pruner.masks.apply()  # zeros where pruned, once more
+    smaller = [tuple(p.shape) for p in model.parameters()] != dense_params
+    return model.eval(), input_shape, smaller
 
 
 def _one_line(e: BaseException) -> str:
     """``e`` squeezed onto one line (e.g. load_state_dict's list of missing keys)."""
-    text = " ".join(str(e).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    text = one_line(e)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 FORMATS = ("pt2", "state_dict", "torchscript")

@@ -27,7 +27,7 @@ earlier session logged from the first step a session logs on; MLflow skips, per 
 its store already has; W&B skips the steps its run already has (offline: those in the run's
 segment files; online: up to the server's step). The W&B run id is the config hash (the run
 directory's suffix), so a resumed or requeued run continues the same W&B run (offline: a new
-segment directory of the same id; ``wandb sync`` uploads them in order). ``rerun=true`` starts the
+segment directory of the same id; ``wandb sync`` uploads them in order). ``runtime.rerun=true`` starts the
 logs over (W&B and MLflow: a new run, id ``<hash>-<N>``).
 
 Any class with the interface of :class:`Logger` can be added: ``+logger.mine._target_=pkg.Cls``.
@@ -48,7 +48,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli.config import ConfigError, level_plan, retrain_epochs
+from prune_cli.config import n_levels, retrain_epochs
+from prune_cli.errors import ConfigError, import_object
 from prune_cli.store import run_spec, write_text
 
 log = logging.getLogger("prune_cli")
@@ -551,8 +552,8 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.config_hash = config_hash
         self.enabled = enabled
-        self.eval_every = int(cfg.eval_every)
-        self.every = int(cfg.log_every_n_steps)
+        self.eval_every = int(cfg.runtime.eval_every)
+        self.every = int(cfg.runtime.log_every_n_steps)
         self.loggers: list[tuple[str, Any]] | None = None
         self.done = -1  # the last step of this session's last flush
         self.dense_steps: int | None = None
@@ -584,7 +585,7 @@ class Tracker:
             return None
         if level > 0:
             self.level_steps = phase.steps
-        levels = level_plan(self.cfg)[0]
+        levels = n_levels(self.cfg)
         after = (levels - level) * self.level_steps
         return PhaseLog(self, level, phase.name, self.base(level), after, history)
 
@@ -641,7 +642,7 @@ class Tracker:
             return
         state = TrackingState(self.run_dir)
         generation = int(state.get("generation", 0))
-        if self.cfg.rerun and not self._rerun_counted:
+        if self.cfg.runtime.rerun and not self._rerun_counted:
             generation += 1  # a new W&B / MLflow run; TensorBoard and metrics.csv start over
             state.set(generation=generation, wandb_last_step=-1)
             self._rerun_counted = True
@@ -666,14 +667,14 @@ class Tracker:
         self.loggers = [("metrics.csv", MetricsFile(self.run_dir / METRICS_FILE))]
         for name, node in _entries(c):
             settings = {k: v for k, v in node.items() if k != "_target_"}
-            cls = _locate(f"logger.{name}._target_", node["_target_"])
+            cls = _locate(f"runtime.logger.{name}._target_", node["_target_"])
             try:
                 self.loggers.append((name, cls(info, **settings)))
             except Exception as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 self.close("failed")
                 raise ConfigError(
-                    f"logger.{name}: cannot start ({type(e).__name__}: {first})"
+                    f"runtime.logger.{name}: cannot start ({type(e).__name__}: {first})"
                 ) from e
 
     def close(self, status: str = "complete") -> None:
@@ -797,7 +798,7 @@ def read_history(path: Path) -> list[Record]:
 
 
 def _entries(cfg: DictConfig) -> list[tuple[str, Any]]:
-    node = cfg.get("logger")
+    node = OmegaConf.select(cfg, "runtime.logger")
     if node is None:
         return []
     plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
@@ -805,14 +806,12 @@ def _entries(cfg: DictConfig) -> list[tuple[str, Any]]:
 
 
 def _locate(key: str, target: Any) -> type:
-    from hydra._internal.utils import _locate as locate
-
     if not isinstance(target, str) or not target:
         raise ConfigError(f"{key}: name the logger class (e.g. prune_cli.loggers.WandbLogger)")
     try:
-        cls = locate(target)
-    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
-        raise ConfigError(f"{key}={target}: cannot be imported") from e
+        cls = import_object(target)
+    except ImportError as e:
+        raise ConfigError(f"{key}={target}: cannot be imported ({e})") from e
     if not callable(cls):
         raise ConfigError(f"{key}={target}: not a class")
     return cls
@@ -822,18 +821,21 @@ def check_loggers(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line) if the ``logger`` entries cannot run: an unknown
     class or setting, or a package of an optional extra that is not installed. Imports no
     logger package (cheap: for prevalidation)."""
-    every, n = cfg.get("eval_every"), cfg.get("log_every_n_steps")
+    every = OmegaConf.select(cfg, "runtime.eval_every")
+    n = OmegaConf.select(cfg, "runtime.log_every_n_steps")
     if every is not None and every < 0:
-        raise ConfigError(f"eval_every={every}: must be >= 0 (0: only at the end of each level)")
+        raise ConfigError(
+            f"runtime.eval_every={every}: must be >= 0 (0: only at the end of each level)"
+        )
     if n is not None and n < 1:
-        raise ConfigError(f"log_every_n_steps={n}: must be >= 1")
+        raise ConfigError(f"runtime.log_every_n_steps={n}: must be >= 1")
     for name, node in _entries(cfg):
         if not isinstance(node, dict) or "_target_" not in node:
             raise ConfigError(
-                f"logger.{name}: expected a mapping with _target_ (choose logger=tensorboard,"
+                f"runtime.logger.{name}: expected a mapping with _target_ (choose logger=tensorboard,"
                 " wandb, mlflow, many or none)"
             )
-        cls = _locate(f"logger.{name}._target_", node["_target_"])
+        cls = _locate(f"runtime.logger.{name}._target_", node["_target_"])
         for module in getattr(cls, "requires", ()):
             if importlib.util.find_spec(module) is None:
                 extra = getattr(cls, "extra", None)
@@ -854,12 +856,12 @@ def check_loggers(cfg: DictConfig) -> None:
         for key in node:
             if key != "_target_" and key not in known:
                 raise ConfigError(
-                    f"logger.{name}.{key}: unknown setting of {cls.__name__}"
+                    f"runtime.logger.{name}.{key}: unknown setting of {cls.__name__}"
                     f" (known: {', '.join(known)})"
                 )
         if name == "wandb" or cls is WandbLogger:
             mode = node.get("mode", "offline")
             if mode not in ("offline", "online", "disabled"):
                 raise ConfigError(
-                    f"logger.{name}.mode={mode}: expected offline, online or disabled"
+                    f"runtime.logger.{name}.mode={mode}: expected offline, online or disabled"
                 )

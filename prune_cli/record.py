@@ -186,14 +186,14 @@ def _read_existing(path: Path) -> dict:
 
 def _identity(cfg: DictConfig) -> dict:
     """What the run is: its hashes, method, model, dataset and number of levels."""
-    from prune_cli.config import level_plan
+    from prune_cli.config import n_levels
     from prune_cli.store import config_hash, dense_hash
 
     out: dict[str, Any] = {}
     for key, fn in (
         ("config_hash", config_hash),
         ("dense_hash", dense_hash),
-        ("levels", lambda c: level_plan(c)[0]),
+        ("levels", n_levels),
     ):
         try:
             out[key] = fn(cfg)
@@ -217,7 +217,7 @@ def _session(run_dir: Path, cfg: DictConfig, argv, overrides, config_dir) -> dic
         config_dirs = [config_dir]
     else:
         config_dirs = list(config_dir or [])
-    device = _select(cfg, "device")
+    device = _select(cfg, "runtime.device")
     return {
         "start": now(),
         "start_unix": round(time.time(), 3),

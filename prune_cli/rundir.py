@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from prune_cli.store import CorruptFileError, read_json, write_text
+from prune_cli.errors import ConfigError, CorruptFileError
+from prune_cli.store import FORMAT, read_json, write_text
 
 LOCK_NAME = ".lock"
 FAILED_NAME = "failed.json"
@@ -131,12 +132,23 @@ def held(run_dir: Path, writer: bool = True) -> Iterator[RunLock | None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def checkpoint_paths(run_dir: Path, level: int) -> list[Path]:
+def checkpoint_paths(run_dir: Path, level: int, fmt: int = FORMAT) -> list[Path]:
+    """A level's files: its weights and the pruner's state (format 1: the masks)."""
     ckpt = Path(run_dir) / "checkpoints"
-    return [ckpt / f"level_{level:02d}.pt", ckpt / f"level_{level:02d}_masks.pt"]
+    state = "pruning" if fmt >= 2 else "masks"
+    return [ckpt / f"level_{level:02d}.pt", ckpt / f"level_{level:02d}_{state}.pt"]
 
 
-def check_results(run_dir: Path, chash: str, n_levels: int) -> list[dict]:
+def run_format(run_dir: Path) -> int:
+    """The format a run directory was written in (``run.json``'s, 1 before it was recorded)."""
+    try:
+        claim = read_json(Path(run_dir) / "run.json")
+    except (OSError, CorruptFileError):
+        return FORMAT
+    return int(claim.get("format", 1)) if isinstance(claim, dict) else FORMAT
+
+
+def check_results(run_dir: Path, chash: str, n_levels: int, fmt: int = FORMAT) -> list[dict]:
     """The rows of ``run_dir/results.jsonl`` if they are levels ``0..k`` (k <= n_levels) exactly
     once and in order, each a valid row of configuration ``chash`` whose checkpoint exists.
 
@@ -183,7 +195,7 @@ def check_results(run_dir: Path, chash: str, n_levels: int) -> list[dict]:
             raise IncompleteRunError(
                 f"{where}: level {level} beyond this run's {n_levels} levels; {_recover(len(rows))}"
             )
-        missing = [p.name for p in checkpoint_paths(run_dir, level) if not p.exists()]
+        missing = [p.name for p in checkpoint_paths(run_dir, level, fmt) if not p.exists()]
         if missing:
             raise IncompleteRunError(
                 f"{where}: level {level}'s checkpoint {', '.join(missing)} is missing;"
@@ -195,10 +207,10 @@ def check_results(run_dir: Path, chash: str, n_levels: int) -> list[dict]:
 
 def _recover(good: int) -> str:
     if good == 0:
-        return "to recover, run again with rerun=true (recomputes the run)"
+        return "to recover, run again with runtime.rerun=true (recomputes the run)"
     return (
         f"to recover, keep only its first {good} line(s) to resume after level {good - 1}"
-        ", or run again with rerun=true"
+        ", or run again with runtime.rerun=true"
     )
 
 
@@ -238,3 +250,45 @@ def read_failure(run_dir: Path) -> dict | None:
 
 def clear_failure(run_dir: Path) -> None:
     (Path(run_dir) / FAILED_NAME).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which configuration a directory belongs to
+# ----------------------------------------------------------------------------------------------
+
+
+def check_run_dir(run_dir: Path, chash: str) -> None:
+    """Refuse a run directory that holds another configuration's run, or one written by an
+    earlier prune-cli whose hashes are not comparable (writes nothing)."""
+    marker = Path(run_dir) / "run.json"
+    if not marker.exists():
+        return
+    try:
+        claim = json.loads(marker.read_bytes().decode())
+        other = claim["config_hash"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptFileError(
+            f"{marker}: unreadable ({type(e).__name__}); it names the configuration this"
+            " directory belongs to: delete it only if the directory holds this run"
+        ) from None
+    if claim.get("format", 1) != FORMAT:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir}: written by an earlier prune-cli (run-directory format"
+            f" {claim.get('format', 1)}, this one writes {FORMAT}: `device`, `threads`, `compile`,"
+            " ... moved under `runtime`, pruners are named by `_target_`); its results stay"
+            " readable by prune-report and prune-runs, but it cannot be continued: run into a"
+            " new directory (the cached dense model is reused)"
+        )
+    if other != chash:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir}: holds another configuration's run"
+            f" (hash {str(other)[:10]} != {chash[:10]}); choose another directory"
+        )
+
+
+def claim_run_dir(run_dir: Path, chash: str) -> None:
+    """Refuse a run directory that holds another configuration's run; claim a new one."""
+    check_run_dir(run_dir, chash)
+    marker = Path(run_dir) / "run.json"
+    if not marker.exists():
+        write_text(marker, json.dumps({"config_hash": chash, "format": FORMAT}) + "\n")

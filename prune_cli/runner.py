@@ -5,7 +5,8 @@ Everything the run produces lands in its run directory:
 - ``config.yaml`` (composed config) and ``run.json`` (its hash; guards the directory)
 - ``results.jsonl``: one row per level (level 0 = the dense model), appended atomically
 - ``summary.txt``: the per-level table that is printed at the end
-- ``checkpoints/level_<k>.pt`` (plain state_dict, zeros where pruned) + ``level_<k>_masks.pt``
+- ``checkpoints/level_<k>.pt`` (plain state_dict, zeros where pruned) + ``level_<k>_pruning.pt``
+  (the pruner's state: masks, or the channel plans of levels 1..k)
 - ``lr_level_<k>.csv``: the per-step LR each phase applied (level 0 = dense training)
 - ``train_state.pt``: the in-progress level, for resuming
 - ``metrics.csv``: one row per epoch of every phase; the loggers' files (``tensorboard/``,
@@ -14,7 +15,7 @@ Everything the run produces lands in its run directory:
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import shutil
 import time
@@ -22,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from filelock import Timeout
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,25 +30,27 @@ from tqdm.auto import tqdm
 
 from prune_cli import distributed, schedules
 from prune_cli.checks import check_device
-from prune_cli.config import ConfigError, level_plan, retrain_epochs
-from prune_cli.costs import count_flops, param_counts, remaining_flops
+from prune_cli.config import apply_debug, level_epochs, n_levels, retrain_epochs
+from prune_cli.costs import count_flops, param_counts
 from prune_cli.data import build_data
 from prune_cli.distributed import PREEMPTION, Dist
+from prune_cli.errors import ConfigError, CorruptFileError, first_line
 from prune_cli.loggers import HISTORY_FILE, Tracker
-from prune_cli.pruning import Masks, prunable_parameters
+from prune_cli.models import build_model
+from prune_cli.pruning import Network, Pruner, build_pruner
 from prune_cli.rundir import (
     RunBusyError,
     RunLock,
     check_results,
+    check_run_dir,
+    claim_run_dir,
     clear_failure,
     is_complete,
 )
 from prune_cli.store import (
-    CorruptFileError,
     DenseCache,
     append_row,
     config_hash,
-    dense_hash,
     dense_spec,
     load_torch,
     remove_orphan_temps,
@@ -57,7 +58,6 @@ from prune_cli.store import (
     write_rows,
     write_text,
 )
-from prune_cli.structured import apply_channel_removal, measure_inference, structured_level
 from prune_cli.train import Phase, evaluate, train_phase, write_lr_log
 
 log = logging.getLogger("prune_cli")
@@ -65,11 +65,11 @@ log = logging.getLogger("prune_cli")
 
 @dataclass
 class Built:
-    """What a run trains: the model, its masks, the data, and the derived constants."""
+    """What a run trains: the model, its pruner, the data, and the derived constants."""
 
     model: nn.Module
     forward: nn.Module
-    masks: Masks
+    pruner: Pruner
     data: object
     device: torch.device
     steps_per_epoch: int
@@ -78,39 +78,43 @@ class Built:
     eta_last: float
     dense_flops: dict
     dist: Dist
-    dense_prunable: int
     cfg: DictConfig
     # prunable weights of each layer of the dense network (the denominator of layer densities)
     dense_layers: dict[str, int] = field(default_factory=dict)
+    # the optimizer state the last phase ended with (method.optimizer_state=keep carries it on)
+    optimizer_state: dict | None = None
+    _wrapped: list[int] = field(default_factory=list)
 
     @property
     def input_shape(self) -> list[int]:
         return list(self.cfg.dataset.input_shape)
 
-    def wrap(self) -> None:
-        """(Re)build the masks and the forward module for the model's current parameters (after
-        structured pruning they are new tensors of new shapes)."""
-        cfg, d = self.cfg, self.dist
-        self.masks = Masks(prunable_parameters(self.model, list(cfg.model.prune_exclude)))
-        forward = self.model
-        if d.active:
-            ids = [self.device] if self.device.type == "cuda" else None
-            forward = DistributedDataParallel(self.model, device_ids=ids)
-        self.forward = torch.compile(forward) if cfg.train.compile else forward
+    @property
+    def writer(self) -> bool:
+        return self.dist.writer
 
-    def fresh_model(self) -> nn.Module:
-        """A new instance of the configured architecture on the run's device."""
-        return make_model(self.cfg, self.device)
+    def wrap(self) -> None:
+        """(Re)build the forward module (DDP, compile) when the model's parameters are new
+        tensors (after channels are cut out); nothing to do after masking."""
+        ids = [id(p) for p in self.model.parameters()]
+        if ids == self._wrapped:
+            return
+        rt, forward = self.cfg.runtime, self.model
+        if self.dist.active:
+            devices = [self.device] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=devices)
+        self.forward = torch.compile(forward) if rt.compile else forward
+        self._wrapped = ids
+
+    def evaluate(self, split: str = "test") -> float:
+        rt = self.cfg.runtime
+        return evaluate(self.model, self.data, rt.eval_batch_size, self.cfg.train.precision, split)
 
 
 def make_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """The configured architecture on ``device`` (channels-last if the recipe asks)."""
-    try:
-        model = instantiate(cfg.model.net)
-    except Exception as e:  # noqa: BLE001 - instantiate wraps import and argument errors alike
-        raise ConfigError(f"model.net: cannot build {cfg.model.net.get('_target_')}: {e}") from e
-    model = model.to(device)
-    if cfg.train.channels_last:
+    """The configured architecture on ``device`` (channels-last if the runtime asks)."""
+    model = build_model(cfg.model.net).to(device)
+    if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -121,8 +125,7 @@ def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
     try:
         model.load_state_dict(load_torch(path, device))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptFileError(f"{path}: not a state of this model ({first})") from e
+        raise CorruptFileError(f"{path}: not a state of this model ({first_line(e)})") from e
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,50 +153,39 @@ def original_schedule(cfg: DictConfig) -> schedules.Schedule:
     )
 
 
-def level_context(
-    cfg: DictConfig, eta: schedules.Schedule, eta_max: float, eta_last: float, s: float, d1: float
-) -> schedules.Context:
-    """What the configured retraining method sees at a level with prune statistics ``s``, ``d1``."""
-    return schedules.Context(
-        eta=eta,
-        T=cfg.train.epochs,
-        t=retrain_epochs(cfg),
-        eta_max=eta_max,
-        eta_last=eta_last,
-        s=s,
-        d1=d1,
-        warmup_fraction=cfg.method.warmup_fraction,
-        eta_min_ratio=cfg.method.eta_min_ratio,
-    )
-
-
 def build(cfg: DictConfig) -> Built:
-    """Data on the device, the model (seeded init) and its all-ones masks; under torchrun or
-    SLURM tasks, the process group and the DDP-wrapped forward."""
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """Data on the device, the model (seeded init) and its pruner; under torchrun or SLURM
+    tasks, the process group and the DDP-wrapped forward."""
+    rt = cfg.runtime
+    device = resolve_device(rt.device)
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
     d = distributed.init(device)
     if d.active and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    ds = cfg.dataset
     data = build_data(
-        cfg.dataset.loader,
+        ds.loader,
         device,
-        augment=cfg.dataset.augment,
+        augment=ds.augment,
         rank=d.rank,
         world_size=d.world_size,
-        channels_last=cfg.train.channels_last,
+        channels_last=rt.channels_last,
+        workers=rt.workers,
+        val_fraction=ds.val_fraction,
+        split=ds.split,
+        split_seed=ds.split_seed,
     )
-    if data.num_classes != cfg.dataset.num_classes:
+    if data.num_classes != ds.num_classes:
         raise ConfigError(
-            f"dataset.num_classes={cfg.dataset.num_classes}: the data has {data.num_classes} classes"
+            f"dataset.num_classes={ds.num_classes}: the data has {data.num_classes} classes"
         )
-    if list(data.input_shape) != list(cfg.dataset.input_shape):
+    if list(data.input_shape) != list(ds.input_shape):
         raise ConfigError(
-            f"dataset.input_shape={list(cfg.dataset.input_shape)}: the data's inputs are"
+            f"dataset.input_shape={list(ds.input_shape)}: the data's inputs are"
             f" {list(data.input_shape)}"
         )
     torch.manual_seed(cfg.seed)
@@ -203,27 +195,140 @@ def build(cfg: DictConfig) -> Built:
         distributed.broadcast_tensors(d, list(model.state_dict().values()))
     spe = data.steps_per_epoch(cfg.train.batch_size)
     eta = original_schedule(cfg)
-    total = cfg.train.epochs * spe
-    lrs = schedules.per_step(eta, total, spe)
+    lrs = schedules.per_step(eta, cfg.train.epochs * spe, spe)
+    pruner = build_pruner(cfg.pruning)
+
+    def batches(n: int):
+        """``n`` training batches for gradient-based criteria (a fixed data order)."""
+        return itertools.islice(data.train_batches(cfg.train.batch_size, cfg.seed), n)
+
+    pruner.attach(
+        Network(
+            model=model,
+            input_shape=list(ds.input_shape),
+            make_model=lambda: make_model(cfg, device),
+            exclude=list(cfg.model.prune_exclude),
+            batches=batches,
+        )
+    )
     b = Built(
         model=model,
         forward=model,
-        masks=None,
+        pruner=pruner,
         data=data,
         device=device,
         steps_per_epoch=spe,
         eta=eta,
         eta_max=max(lrs),
         eta_last=lrs[-1],
-        dense_flops=count_flops(model, list(cfg.dataset.input_shape)),
+        dense_flops=count_flops(model, list(ds.input_shape)),
         dist=d,
-        dense_prunable=0,
         cfg=cfg,
+        dense_layers={n.rsplit(".", 1)[0]: m.numel() for n, m in pruner.masks.masks.items()},
     )
     b.wrap()
-    b.dense_prunable = b.masks.total()
-    b.dense_layers = {n.rsplit(".", 1)[0]: m.numel() for n, m in b.masks.masks.items()}
     return b
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows.
+
+    The run holds ``run_dir``'s lock throughout (under DDP: rank 0); a directory held by another
+    live process is refused with :class:`RunBusyError`.
+    """
+    run_dir, chash = Path(run_dir), config_hash(apply_debug(cfg))
+    check_run_dir(run_dir, chash)
+    d = distributed.init(resolve_device(cfg.runtime.device))
+    with _locked(run_dir, d), Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
+        levels = n_levels(cfg)
+        if d.writer:
+            remove_orphan_temps(run_dir)
+        rows = [] if cfg.runtime.rerun else check_results(run_dir, chash, levels)
+        if is_complete(rows, levels):
+            return _complete(run_dir, chash, rows)
+        b = build(cfg)
+        _start(cfg, b, run_dir, chash)
+        tracker.start(b.steps_per_epoch)
+        cache = DenseCache.of(cfg)
+        # a resumed run without weight rewinding needs nothing of the dense model
+        meta = dense(cfg, b, cache, tracker) if not rows or rewind_epochs(cfg) else None
+        if rows:
+            resume(b, run_dir, rows[-1]["level"])
+        else:
+            rows.append(dense_level(cfg, b, run_dir, chash, cache, meta, tracker))
+        shown = _level_bar(cfg, b, len(rows), levels)
+        for level in range(len(rows), levels + 1):
+            rows.append(prune_and_retrain(cfg, b, level, run_dir, chash, cache, tracker))
+            shown.update()
+            shown.set_postfix(density=f"{rows[-1]['density']:.3f}", acc=f"{rows[-1]['acc']:.4f}")
+        shown.close()
+        check_budget(cfg, b, rows)
+        if b.writer:
+            write_text(run_dir / "summary.txt", table(rows) + "\n")
+            print(table(rows))
+        return rows
+
+
+class _locked:
+    """The run directory's lock for the run (rank 0 holds it; every rank learns if it is busy)."""
+
+    def __init__(self, run_dir: Path, d: Dist):
+        self.lock, self.d = RunLock(run_dir), d
+
+    def __enter__(self) -> None:
+        busy = None
+        if self.d.writer:
+            try:
+                self.lock.acquire()
+            except RunBusyError as e:
+                busy = str(e)
+        busy = distributed.broadcast(self.d, busy)
+        if busy:
+            raise RunBusyError(busy)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _complete(run_dir: Path, chash: str, rows: list[dict]) -> list[dict]:
+    claim_run_dir(run_dir, chash)
+    clear_failure(run_dir)
+    log.info(
+        "%s: complete (%d levels); nothing to do (runtime.rerun=true to recompute)",
+        run_dir,
+        len(rows) - 1,
+    )
+    print(table(rows))
+    return rows
+
+
+def _start(cfg: DictConfig, b: Built, run_dir: Path, chash: str) -> None:
+    """Claim the run directory (writer) and arm the preemption handler."""
+    if b.writer:
+        claim_run_dir(run_dir, chash)
+        clear_failure(run_dir)
+        if cfg.runtime.rerun:
+            write_rows(run_dir / "results.jsonl", [])
+            (run_dir / "train_state.pt").unlink(missing_ok=True)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    distributed.barrier(b.dist)
+    PREEMPTION.install()
+
+
+def _level_bar(cfg: DictConfig, b: Built, first: int, levels: int):
+    return tqdm(
+        total=levels,
+        initial=first - 1,
+        desc="levels",
+        unit="lvl",
+        disable=None if cfg.runtime.progress and b.writer else True,
+        dynamic_ncols=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,87 +350,22 @@ def keep_epochs(cfg: DictConfig) -> list[int]:
     return sorted(e for e in kept if e <= cfg.train.epochs)
 
 
-class MissingSnapshotError(ConfigError):
-    """A complete dense cache entry lacks the snapshot that weight rewinding needs."""
-
-
-def missing_snapshots(cfg: DictConfig, cache: DenseCache, meta: dict | None) -> list[int]:
-    """Rewind epochs this run needs that a complete entry does not have (none if incomplete)."""
-    if meta is None:
-        return []
-    return [e for e in rewind_epochs(cfg) if not cache.snapshot_path(e).exists()]
-
-
-def missing_snapshot_error(cfg: DictConfig, cache: DenseCache, missing: list[int]) -> str:
-    kept = sorted(e for e in range(cfg.train.epochs + 1) if cache.snapshot_path(e).exists())
-    return (
-        f"method.retrain_epochs={retrain_epochs(cfg):g}: weight rewinding needs the dense"
-        f" model of epoch {', '.join(map(str, missing))}, but the cached dense model {cache.dir}"
-        f" kept only epochs {kept}; run the same sweep's WR jobs together with the job that"
-        f" trains it, or delete {cache.dir} (when no run reads it) to retrain it with the snapshot"
-    )
-
-
-def dense(cfg: DictConfig, b: Built, tracker: Tracker | None = None) -> tuple[dict, DenseCache]:
-    """Load the dense model from the cache, or train it there (one job trains, others wait).
-
-    A complete entry is never retrained in place: one that lacks this run's rewind snapshot is
-    an error (:class:`MissingSnapshotError`). Under DDP all ranks train together; rank 0 holds
-    the lock and writes the cache entry.
-    """
-    cache = DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
+def dense(cfg: DictConfig, b: Built, cache: DenseCache, tracker: Tracker | None = None) -> dict:
+    """The dense model in ``b.model``, from the cache or trained into it (see
+    :meth:`DenseCache.obtain`); its cache record."""
     d = b.dist
-    meta = distributed.broadcast(d, cache.meta() if d.writer else None)
-    if meta is None:
-        lock = cache.lock() if d.writer else None
-        if lock is not None:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                log.info("dense model %s is being trained by another job; waiting", cache.key[:10])
-                lock.acquire()
-        try:
-            meta = cache.meta() if d.writer else None
-            if distributed.broadcast(d, meta is None if d.writer else None):
-                if d.writer:
-                    remove_orphan_temps(cache.dir)
-                    _drop_state_without_snapshots(cfg, b, cache)
-                train_dense(cfg, b, cache, keep_epochs(cfg), tracker)
-        finally:
-            if lock is not None:
-                lock.release()
-    else:
-        log.info("dense model %s from the cache (%s)", cache.key[:10], cache.dir)
-    distributed.barrier(d)
-    meta = cache.meta()
-    missing = missing_snapshots(cfg, cache, meta)
-    if missing:
-        raise MissingSnapshotError(missing_snapshot_error(cfg, cache, missing))
+    meta = cache.obtain(
+        lambda: train_dense(cfg, b, cache, keep_epochs(cfg), tracker),
+        keep=keep_epochs(cfg),
+        need=rewind_epochs(cfg),
+        steps_per_epoch=b.steps_per_epoch,
+        need_key=f"method.retrain_epochs={retrain_epochs(cfg):g}",
+        writer=d.writer,
+        broadcast=lambda x: distributed.broadcast(d, x),
+        barrier=lambda: distributed.barrier(d),
+    )
     load_weights(b.model, cache.final_path(), b.device)
-    return meta, cache
-
-
-def _drop_state_without_snapshots(cfg: DictConfig, b: Built, cache: DenseCache) -> None:
-    """An interrupted dense training resumed past an epoch that this run (or its sweep) needs a
-    snapshot of, which the interrupted job did not keep: start that training over."""
-    state = cache.state_path()
-    if not state.exists():
-        return
-    saved = load_torch(state)
-    if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
-        raise CorruptFileError(
-            f"{state}: not a training state; delete it to start that training over"
-        )
-    done = saved["step"] // b.steps_per_epoch
-    keep = set(keep_epochs(cfg)) | cache.wanted()
-    lost = sorted(e for e in keep if e <= done and not cache.snapshot_path(e).exists())
-    if lost:
-        log.info(
-            "dense model %s: the interrupted training did not keep epochs %s; starting it over",
-            cache.key[:10],
-            lost,
-        )
-        state.unlink()
+    return meta
 
 
 def train_dense(
@@ -337,30 +377,29 @@ def train_dense(
 ) -> None:
     """Train the dense model into ``cache`` with the snapshots that weight rewinding needs."""
     log.info("training the dense model (%d epochs) into %s", cfg.train.epochs, cache.dir)
-    writer = b.dist.writer
+    writer = b.writer
     phase = Phase("dense", b.eta, cfg.train.epochs * b.steps_per_epoch, b.steps_per_epoch, cfg.seed)
 
-    def snapshot(epoch: int) -> None:
-        # requests of jobs started after this training began are honoured up to their epoch
+    def snapshot(epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        # requests of jobs started after this training began are honoured up to their epoch; the
+        # optimizer's state goes with the weights (method.optimizer_state=rewind restores both)
         if writer and (epoch in snapshots or epoch in cache.wanted()):
+            save_torch(optimizer.state_dict(), cache.optimizer_path(epoch))
             save_torch(b.model.state_dict(), cache.snapshot_path(epoch))
 
-    res = train_phase(
-        b.model,
-        b.data,
+    res = _train(
+        cfg,
+        b,
         phase,
-        cfg.train,
         None,
-        forward=b.forward,
-        state_path=cache.state_path(),
-        on_epoch_end=snapshot,
-        progress=cfg.progress and writer,
-        world_size=b.dist.world_size,
-        writer=writer,
-        # the records also go to the cache entry, for the runs that reuse this dense model
-        track=tracker.phase(0, phase, cache.dir / HISTORY_FILE) if tracker else None,
+        cache.state_path(),
+        tracker,
+        0,
+        None,
+        snapshot,
+        cache.dir / HISTORY_FILE,
     )
-    acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
+    acc = b.evaluate()
     if not writer:
         return
     save_torch(b.model.state_dict(), cache.final_path())
@@ -372,9 +411,9 @@ def train_dense(
             "images_seen": res.images_seen,
             "wall_s": res.wall_s,
             # a phase resumed past an epoch could not save it: record only what exists
-            "snapshots": [
-                e for e in range(cfg.train.epochs + 1) if cache.snapshot_path(e).exists()
-            ],
+            "snapshots": cache.kept(),
+            "val_acc": res.val_acc,
+            "best_epoch": res.best_epoch,
             "spec": dense_spec(cfg),
             "train_loss": res.train_loss,
         }
@@ -383,28 +422,223 @@ def train_dense(
     log.info("dense model: accuracy %.4f after %d epochs", acc, cfg.train.epochs)
 
 
+def _train(
+    cfg,
+    b: Built,
+    phase: Phase,
+    pruner,
+    state_path,
+    tracker,
+    level=0,
+    optimizer=None,
+    on_epoch_end=None,
+    history=None,
+):
+    """One training phase of this run (dense or a level's retraining)."""
+    return train_phase(
+        b.model,
+        b.data,
+        phase,
+        cfg.train,
+        pruner,
+        forward=b.forward,
+        state_path=state_path,
+        on_epoch_end=on_epoch_end,
+        progress=cfg.runtime.progress and b.writer,
+        world_size=b.dist.world_size,
+        writer=b.writer,
+        eval_batch_size=cfg.runtime.eval_batch_size,
+        optimizer_state=optimizer,
+        track=tracker.phase(level, phase, history) if tracker else None,
+    )
+
+
+def dense_level(
+    cfg: DictConfig, b: Built, run_dir: Path, chash: str, cache: DenseCache, meta: dict, tracker
+) -> dict:
+    """Level 0: the dense model's row and files in this run directory."""
+    row = base_row(cfg, b, 0, chash) | {
+        "acc_after_prune": None,
+        "acc": meta["acc"],
+        "retrain_epochs": 0,
+        "epochs": meta["epochs"],
+        "images_seen": meta["images_seen"],
+        "wall_s": meta["wall_s"],
+        "val_acc": meta.get("val_acc"),
+        "best_epoch": meta.get("best_epoch"),
+        "dense_cache": cache.key,
+    }
+    if b.writer:
+        shutil.copyfile(cache.dir / "lr.csv", run_dir / "lr_level_0.csv")
+        _save_level(b, run_dir, 0)
+        tracker.replay(cache.dir / HISTORY_FILE)  # a dense model trained by another job
+        tracker.summary(0, row)
+        append_row(run_dir / "results.jsonl", row)
+    return row
+
+
+def resume(b: Built, run_dir: Path, last: int) -> None:
+    """Continue after level ``last``: its pruning state (channels cut, masks), then its weights."""
+    ckpt = run_dir / "checkpoints"
+    state = ckpt / f"level_{last:02d}_pruning.pt"
+    b.pruner.load_state_dict(load_torch(state), source=state)
+    b.wrap()
+    load_weights(b.model, ckpt / f"level_{last:02d}.pt", b.device)
+    b.pruner.masks.apply()
+    kept = ckpt / f"level_{last:02d}_optimizer.pt"
+    if b.cfg.method.optimizer_state == "keep" and kept.exists():
+        b.optimizer_state = load_torch(kept)
+    log.info("resuming %s after level %d", run_dir, last)
+
+
+def _save_level(b: Built, run_dir: Path, level: int) -> None:
+    ckpt = run_dir / "checkpoints"
+    save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
+    save_torch(b.pruner.state_dict(), ckpt / f"level_{level:02d}_pruning.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# A level
+# ----------------------------------------------------------------------------------------------
+
+
+def level_steps(cfg: DictConfig, steps_per_epoch: int) -> list[int]:
+    """Optimizer steps of levels 1..L: each level's ``t`` (``config.level_epochs``) in steps,
+    rounded on the running total, so that the levels of a budget spend exactly its steps (a
+    fractional ``t`` rounded level by level could overspend it)."""
+    out, done, total = [], 0, 0.0
+    for t in level_epochs(cfg):
+        total += t
+        end = max(done + 1, round(total * steps_per_epoch))
+        out.append(end - done)
+        done = end
+    return out
+
+
+def prune_and_retrain(
+    cfg: DictConfig, b: Built, level: int, run_dir: Path, chash: str, cache: DenseCache, tracker
+) -> dict:
+    """Prune one level, retrain it with the configured method, record and save it."""
+    t0 = time.perf_counter()
+    t = level_epochs(cfg)[level - 1]
+    steps = level_steps(cfg, b.steps_per_epoch)[level - 1]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + level)
+    stats = b.pruner.prune(level, gen, steps)
+    distributed.broadcast_tensors(b.dist, b.pruner.masks.tensors)  # identical masks on all ranks
+    b.pruner.masks.apply()
+    b.wrap()
+    acc_pruned = b.evaluate()
+    ctx = schedules.level_context(
+        cfg.method,
+        eta=b.eta,
+        T=cfg.train.epochs,
+        t=t,
+        eta_max=b.eta_max,
+        eta_last=b.eta_last,
+        steps_per_epoch=b.steps_per_epoch,
+        stats=stats,
+    )
+    plan = schedules.plan(cfg.method.name, ctx)
+    optimizer = b.optimizer_state if cfg.method.optimizer_state == "keep" else None
+    if plan.start == "rewind":
+        epoch = int(round(plan.params["rewind_epoch"]))
+        b.pruner.rewind(load_torch(cache.snapshot_path(epoch), b.device))
+        if cfg.method.optimizer_state == "rewind":
+            path = cache.optimizer_path(epoch)
+            if not path.exists():
+                raise ConfigError(
+                    f"method.optimizer_state=rewind: the dense model {cache.dir} has no optimizer"
+                    f" state of epoch {epoch} (trained by an earlier prune-cli); delete it to"
+                    " train it again, or use method.optimizer_state=fresh"
+                )
+            optimizer = load_torch(path)
+    phase = Phase(
+        f"level_{level:02d}", plan.lr, steps, b.steps_per_epoch, cfg.seed, momentum=plan.momentum
+    )
+    overhead = time.perf_counter() - t0
+    res = _train(cfg, b, phase, b.pruner, run_dir / "train_state.pt", tracker, level, optimizer)
+    b.optimizer_state = res.optimizer_state
+    b.pruner.masks.apply()  # a best-validation epoch's weights, under the final masks
+    t1 = time.perf_counter()
+    acc = b.evaluate()
+    row = base_row(cfg, b, level, chash) | {
+        "acc_after_prune": acc_pruned,
+        "acc": acc,
+        "retrain_epochs": t,
+        "retrain_steps": steps,
+        "images_seen": res.images_seen,
+        "val_acc": res.val_acc,
+        "best_epoch": res.best_epoch,
+        "wall_s": res.wall_s + overhead + time.perf_counter() - t1,
+        "prune": stats,
+        **plan.params,
+    }
+    if b.writer:
+        _save_level(b, run_dir, level)
+        if cfg.method.optimizer_state == "keep":
+            save_torch(
+                b.optimizer_state, run_dir / "checkpoints" / f"level_{level:02d}_optimizer.pt"
+            )
+        write_lr_log(
+            run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch, res.momentum_log
+        )
+        tracker.summary(level, row)
+        append_row(run_dir / "results.jsonl", row)
+        (run_dir / "train_state.pt").unlink(missing_ok=True)
+    distributed.barrier(b.dist)
+    log.info(
+        "level %d: density %.4f, accuracy %.4f after pruning, %.4f after %g epochs of %s",
+        level,
+        row["density"],
+        acc_pruned,
+        acc,
+        t,
+        cfg.method.name,
+    )
+    return row
+
+
+def check_budget(cfg: DictConfig, b: Built, rows: list[dict]) -> None:
+    """Under a budget ``B``: the images the levels trained on are at most ``(B − T0)`` epochs of
+    the training set (a run that spent more would compare unfairly; it cannot happen by
+    :func:`level_steps`, and this says so for every run)."""
+    budget = cfg.method.budget_epochs
+    if budget is None:
+        return
+    allowed = (budget - cfg.train.epochs) * b.data.n_train
+    spent = sum(r["images_seen"] for r in rows[1:])
+    if spent > allowed + 1e-6:
+        raise RuntimeError(
+            f"method.budget_epochs={budget}: the levels trained on {spent} images, more than the"
+            f" {allowed:.0f} of {budget - cfg.train.epochs:g} epochs after the dense phase"
+        )
+    log.info(
+        "budget: the levels trained on %d of %.0f images (%.4f)", spent, allowed, spent / allowed
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Rows and the table
 # ----------------------------------------------------------------------------------------------
 
 
-def base_row(cfg: DictConfig, b: Built, level: int, chash: str, flops: int | None = None) -> dict:
-    """The columns every row has; ``flops`` of a structurally pruned (smaller) network, which
-    its prune statistics already counted, else the dense MACs scaled by the layer densities."""
-    counts = param_counts(b.model, b.masks.masks)
+def base_row(cfg: DictConfig, b: Built, level: int, chash: str) -> dict:
+    """The columns every row has."""
+    masks = b.pruner.masks
+    counts = param_counts(b.model, masks.masks)
     dense_total = b.dense_flops["total"]
-    if flops is None:
-        flops = remaining_flops(b.dense_flops, b.masks.layer_density())
-    density = b.masks.alive() / b.dense_prunable
-    alive = {n.rsplit(".", 1)[0]: int(m.count_nonzero()) for n, m in b.masks.masks.items()}
+    flops = b.pruner.flops(b.dense_flops)
+    prunable = sum(b.dense_layers.values())
+    density = masks.alive() / prunable
+    alive = {n.rsplit(".", 1)[0]: int(m.count_nonzero()) for n, m in masks.masks.items()}
     return {
         "level": level,
         "density": density,
         "compression": 1.0 / density,
         "nonzero_params": counts["nonzero_params"],
         "total_params": counts["total_params"],
-        "prunable_params": b.dense_prunable,
-        "prunable_alive": b.masks.alive(),
+        "prunable_params": prunable,
+        "prunable_alive": masks.alive(),
         "dense_flops": dense_total,
         "flops": flops,
         "theoretical_speedup": dense_total / max(flops, 1),
@@ -415,9 +649,9 @@ def base_row(cfg: DictConfig, b: Built, level: int, chash: str, flops: int | Non
         "method": cfg.method.name,
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "pruning": cfg.pruning.name,
-        "criterion": cfg.pruning.criterion,
-        "one_shot": bool(cfg.pruning.one_shot),
+        "pruning": b.pruner.name,
+        "criterion": b.pruner.criterion_label,
+        "one_shot": b.pruner.levels == 1,
         "seed": cfg.seed,
         "config_hash": chash,
     }
@@ -449,251 +683,3 @@ def table(rows: list[dict]) -> str:
                 cells.append(fmt.format(v))
         lines.append("  ".join(cells))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
-
-
-def check_run_dir(run_dir: Path, chash: str) -> None:
-    """Refuse a run directory that holds another configuration's run (writes nothing)."""
-    marker = Path(run_dir) / "run.json"
-    if marker.exists():
-        try:
-            other = json.loads(marker.read_bytes().decode())["config_hash"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(
-                f"{marker}: unreadable ({type(e).__name__}); it names the configuration this"
-                " directory belongs to: delete it only if the directory holds this run"
-            ) from None
-        if other != chash:
-            raise ConfigError(
-                f"hydra.run.dir={run_dir}: holds another configuration's run"
-                f" (hash {str(other)[:10]} != {chash[:10]}); choose another directory"
-            )
-
-
-def guard_run_dir(run_dir: Path, chash: str) -> None:
-    """Refuse a run directory that holds another configuration's run; claim a new one."""
-    check_run_dir(run_dir, chash)
-    marker = run_dir / "run.json"
-    if not marker.exists():
-        write_text(marker, json.dumps({"config_hash": chash}) + "\n")
-
-
-def prune_level(cfg: DictConfig, b: Built, level: int, s: float, gen, ckpt: Path) -> dict:
-    """Prune one level: masks (unstructured) or channel removal (``l1_filter``); its statistics."""
-    if cfg.pruning.criterion == "l1_filter":
-        stats = structured_level(b.model, cfg.pruning, b.input_shape)
-        plan = stats.pop("plan")
-        if b.dist.writer:
-            save_torch(plan, ckpt / f"level_{level:02d}_plan.pt")
-        distributed.barrier(b.dist)
-        b.wrap()
-        return stats
-    stats = b.masks.prune(s, cfg.pruning.criterion, gen)
-    distributed.broadcast_tensors(b.dist, b.masks.tensors)  # identical masks on every rank
-    b.masks.apply()
-    return stats
-
-
-def replay_plans(model: nn.Module, ckpt: Path, upto: int, input_shape: list[int]) -> bool:
-    """Apply the channel removals of levels ``1..upto`` saved in ``ckpt`` to ``model``."""
-    plans = [ckpt / f"level_{k:02d}_plan.pt" for k in range(1, upto + 1)]
-    for path in plans:
-        if path.exists():
-            try:
-                apply_channel_removal(model, load_torch(path), input_shape)
-            except ValueError as e:
-                raise CorruptFileError(f"{path}: not a channel plan of this model ({e})") from e
-    return any(p.exists() for p in plans)
-
-
-def rewind(b: Built, snapshot: Path, ckpt: Path, level: int) -> None:
-    """Weight rewinding: the dense snapshot, made the current shape, with the current masks."""
-    state = load_torch(snapshot, b.device)
-    if b.cfg.pruning.criterion == "l1_filter":
-        fresh = b.fresh_model()
-        fresh.load_state_dict(state)
-        replay_plans(fresh, ckpt, level, b.input_shape)
-        state = fresh.state_dict()
-    b.model.load_state_dict(state)
-    b.masks.apply()
-
-
-def inference_speed(b: Built, cache: DenseCache) -> dict:
-    """Measured inference of the smaller network against the dense one, same device and process."""
-    dense_model = b.fresh_model()
-    load_weights(dense_model, cache.final_path(), b.device)
-    return measure_inference(dense_model, b.model, b.input_shape, device=b.device)
-
-
-def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Run the whole experiment of ``cfg`` in ``run_dir``; return its rows.
-
-    The run holds ``run_dir``'s lock throughout (under DDP: rank 0); a directory held by another
-    live process is refused with :class:`RunBusyError`.
-    """
-    run_dir = Path(run_dir)
-    chash = config_hash(cfg)
-    check_run_dir(run_dir, chash)
-    d = distributed.init(resolve_device(cfg.device))
-    lock = RunLock(run_dir)
-    busy = None
-    if d.writer:
-        try:
-            lock.acquire()
-        except RunBusyError as e:
-            busy = str(e)
-    busy = distributed.broadcast(d, busy)
-    if busy:
-        raise RunBusyError(busy)
-    try:
-        with Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
-            return _run_held(cfg, run_dir, chash, tracker, d.writer)
-    finally:
-        lock.release()
-
-
-def _run_held(
-    cfg: DictConfig, run_dir: Path, chash: str, tracker: Tracker, writer: bool
-) -> list[dict]:
-    results = run_dir / "results.jsonl"
-    n_levels, s = level_plan(cfg)
-    t = retrain_epochs(cfg)
-    if writer:
-        remove_orphan_temps(run_dir)
-    rows = [] if cfg.rerun else check_results(run_dir, chash, n_levels)
-    if is_complete(rows, n_levels):
-        guard_run_dir(run_dir, chash)
-        clear_failure(run_dir)
-        log.info(
-            "%s: complete (%d levels); nothing to do (rerun=true to recompute)", run_dir, n_levels
-        )
-        print(table(rows))
-        return rows
-    b = build(cfg)
-    writer = b.dist.writer
-    if writer:
-        guard_run_dir(run_dir, chash)
-        clear_failure(run_dir)
-        if cfg.rerun:
-            write_rows(results, [])
-            (run_dir / "train_state.pt").unlink(missing_ok=True)
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    distributed.barrier(b.dist)
-    PREEMPTION.install()
-    tracker.start(b.steps_per_epoch)
-    ckpt = run_dir / "checkpoints"
-    if rows and not rewind_epochs(cfg) and cfg.pruning.criterion != "l1_filter":
-        # resuming: the levels need nothing of the dense model (even if the cache is gone)
-        meta, cache = None, DenseCache(Path(cfg.cache_dir), dense_hash(cfg))
-    else:
-        meta, cache = dense(cfg, b, tracker)
-    if not rows:
-        row = base_row(cfg, b, 0, chash) | {
-            "acc_after_prune": None,
-            "acc": meta["acc"],
-            "retrain_epochs": 0,
-            "epochs": meta["epochs"],
-            "images_seen": meta["images_seen"],
-            "wall_s": meta["wall_s"],
-            "dense_cache": cache.key,
-        }
-        if writer:
-            shutil.copyfile(cache.dir / "lr.csv", run_dir / "lr_level_0.csv")
-            save_torch(b.model.state_dict(), ckpt / "level_00.pt")
-            save_torch(b.masks.state_dict(), ckpt / "level_00_masks.pt")
-            tracker.replay(cache.dir / HISTORY_FILE)  # a dense model trained by another job
-            tracker.summary(0, row)
-            append_row(results, row)
-        rows.append(row)
-    else:
-        last = rows[-1]["level"]
-        if replay_plans(b.model, ckpt, last, b.input_shape):
-            b.wrap()
-        load_weights(b.model, ckpt / f"level_{last:02d}.pt", b.device)
-        masks_path = ckpt / f"level_{last:02d}_masks.pt"
-        b.masks.load_state_dict(load_torch(masks_path), source=masks_path)
-        log.info("resuming %s after level %d", run_dir, last)
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    levels = tqdm(
-        range(len(rows), n_levels + 1),
-        desc="levels",
-        initial=len(rows) - 1,
-        total=n_levels,
-        unit="lvl",
-        disable=None if cfg.progress and writer else True,
-        dynamic_ncols=True,
-    )
-    for level in levels:
-        t0 = time.perf_counter()
-        gen.manual_seed(cfg.seed * 1000 + level)
-        stats = prune_level(cfg, b, level, s, gen, ckpt)
-        acc_pruned = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
-        overhead = time.perf_counter() - t0
-        ctx = level_context(cfg, b.eta, b.eta_max, b.eta_last, stats["s"], stats["d1"])
-        plan = schedules.plan(cfg.method.name, ctx)
-        if plan.start == "rewind":
-            rewind(b, cache.snapshot_path(int(round(plan.params["rewind_epoch"]))), ckpt, level)
-        phase = Phase(
-            f"level_{level:02d}",
-            plan.lr,
-            max(1, round(t * b.steps_per_epoch)),
-            b.steps_per_epoch,
-            cfg.seed,
-        )
-        res = train_phase(
-            b.model,
-            b.data,
-            phase,
-            cfg.train,
-            b.masks,
-            forward=b.forward,
-            state_path=run_dir / "train_state.pt",
-            progress=cfg.progress and writer,
-            world_size=b.dist.world_size,
-            writer=writer,
-            track=tracker.phase(level, phase),
-        )
-        t1 = time.perf_counter()
-        acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
-        overhead += time.perf_counter() - t1
-        if cfg.pruning.criterion == "l1_filter" and writer:
-            stats["inference"] = inference_speed(b, cache)
-        row = base_row(cfg, b, level, chash, stats.get("flops_after")) | {
-            "acc_after_prune": acc_pruned,
-            "acc": acc,
-            "retrain_epochs": t,
-            "images_seen": res.images_seen,
-            "wall_s": res.wall_s + overhead,
-            "prune": stats,
-            **{k: v for k, v in plan.params.items()},
-        }
-        if writer:
-            save_torch(b.model.state_dict(), ckpt / f"level_{level:02d}.pt")
-            save_torch(b.masks.state_dict(), ckpt / f"level_{level:02d}_masks.pt")
-            write_lr_log(run_dir / f"lr_level_{level}.csv", res.lr_log, b.steps_per_epoch)
-            tracker.summary(level, row)
-            append_row(results, row)
-            (run_dir / "train_state.pt").unlink(missing_ok=True)
-        rows.append(row)
-        distributed.barrier(b.dist)
-        levels.set_postfix(density=f"{row['density']:.3f}", acc=f"{acc:.4f}")
-        log.info(
-            "level %d: density %.4f, accuracy %.4f after pruning, %.4f after %g epochs of %s",
-            level,
-            row["density"],
-            acc_pruned,
-            acc,
-            t,
-            cfg.method.name,
-        )
-    levels.close()
-    if writer:
-        text = table(rows)
-        write_text(run_dir / "summary.txt", text + "\n")
-        print(text)
-    return rows

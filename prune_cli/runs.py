@@ -149,9 +149,16 @@ def _newest_mtime(run_dir: Path) -> float:
 
 def run_info(run_dir: Path) -> RunInfo:
     """Identity, status and progress of one run directory (reads only; takes no lock)."""
-    from prune_cli.config import level_plan
-    from prune_cli.rundir import IncompleteRunError, check_results, is_busy, read_failure
-    from prune_cli.store import CorruptFileError, config_hash
+    from prune_cli.config import n_levels as levels_of
+    from prune_cli.errors import CorruptFileError
+    from prune_cli.rundir import (
+        IncompleteRunError,
+        check_results,
+        is_busy,
+        read_failure,
+        run_format,
+    )
+    from prune_cli.store import config_hash
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
@@ -161,7 +168,7 @@ def run_info(run_dir: Path) -> RunInfo:
     n_levels: int | None = None
     if cfg is not None:
         try:
-            n_levels = level_plan(cfg)[0]
+            n_levels = levels_of(cfg)
         except Exception:  # noqa: BLE001 - an incomplete or foreign config
             n_levels = None
     if n_levels is None and isinstance(record.get("levels"), int):
@@ -187,7 +194,9 @@ def run_info(run_dir: Path) -> RunInfo:
             corrupt = f"{run_dir}: results.jsonl but no run.json or config.yaml to check it by"
         else:
             try:
-                rows = check_results(run_dir, chash, 10**9 if n_levels is None else n_levels)
+                rows = check_results(
+                    run_dir, chash, 10**9 if n_levels is None else n_levels, run_format(run_dir)
+                )
             except (IncompleteRunError, CorruptFileError) as e:
                 corrupt = str(e).strip().splitlines()[0]
 

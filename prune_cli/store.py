@@ -17,33 +17,31 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that do not change what a run computes (where it reads data, how it reports progress).
-_NOT_HASHED = {
-    "hydra",
-    "progress",
-    "cache_dir",
-    "rerun",
-    "device",
-    "threads",
-    # what is logged and where, and how often the test set is evaluated, change no weight
-    "logger",
-    "eval_every",
-    "log_every_n_steps",
-}
+from prune_cli.errors import CorruptFileError, MissingSnapshotError
+
+log = logging.getLogger("prune_cli")
+
+# What does not change what a run computes: how it executes (`runtime`), Hydra's own settings,
+# and where the data is read from.
+_NOT_HASHED = {"hydra", "runtime"}
 _NOT_HASHED_DATASET = {"root", "download"}
+FORMAT = 2
+"""Layout of run directories and hashes: 2 = the ``runtime`` node (never hashed) and pruners by
+``_target_``; 1 = earlier versions (device, threads, compile, ... at other places)."""
 
 
 def _plain(node: Any) -> Any:
@@ -73,21 +71,31 @@ def run_spec(cfg: DictConfig) -> dict:
 
 
 def dense_spec(cfg: DictConfig) -> dict:
-    """What determines the dense model: model, data, recipe, seed and precision.
-
-    Settings that change only speed (channels-last, torch.compile) or which snapshots are kept
-    are left out, so that runs differing only in those share one dense model.
-    """
+    """What determines the dense model: model, data, recipe, seed and precision (which
+    snapshots are kept, and everything under ``runtime``, are left out)."""
     spec = run_spec(cfg)
-    train = {k: v for k, v in spec["train"].items() if k not in ("channels_last", "compile")}
     return {
         # the architecture, not its name or which layers later pruning leaves alone
         "model": {k: v for k, v in spec["model"].items() if k not in ("name", "prune_exclude")},
         "dataset": spec["dataset"],
-        "train": train,
+        "train": spec["train"],
         "seed": spec["seed"],
         "deterministic": spec["deterministic"],
     }
+
+
+def legacy_dense_hash(cfg: DictConfig) -> str:
+    """The key format-1 prune-cli gave this dense model: the recipe's evaluation batch size and
+    the loader's worker count were hashed then (they live in ``runtime`` now)."""
+    spec = dense_spec(cfg)
+    spec["train"] = {**spec["train"], "eval_batch_size": int(cfg.runtime.eval_batch_size)}
+    loader = spec["dataset"].get("loader")
+    if isinstance(loader, dict) and str(loader.get("_target_", "")).endswith("load_imagenet"):
+        spec["dataset"] = {
+            **spec["dataset"],
+            "loader": {**loader, "workers": int(cfg.runtime.workers)},
+        }
+    return digest(spec)
 
 
 def digest(obj: Any) -> str:
@@ -212,10 +220,6 @@ def save_torch(obj: Any, path: Path) -> None:
     torch.save(obj, buf)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(buf.getbuffer())
-
-
-class CorruptFileError(RuntimeError):
-    """A checkpoint, state or cache file that exists but cannot be read (one-line message)."""
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -352,12 +356,123 @@ class DenseCache:
 
     ``cache_dir/dense/<hash>/`` holds ``final.pt`` (state_dict), ``snap_<epoch>.pt`` for weight
     rewinding, ``meta.json`` (accuracy, images, seconds, the spec) written last, and a lock file:
-    the first job to take the lock trains; the others wait and then read the finished entry.
+    the first job to take the lock trains; the others wait and then read the finished entry
+    (:meth:`obtain`).
     """
 
     def __init__(self, root: Path, key: str):
         self.dir = Path(root) / "dense" / key
         self.key = key
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> DenseCache:
+        """The entry of ``cfg``'s dense model. A complete entry that format-1 prune-cli wrote
+        under its old key is moved to the new one (once, under the new entry's lock)."""
+        cache = cls(Path(cfg.runtime.cache_dir), dense_hash(cfg))
+        old = cls(Path(cfg.runtime.cache_dir), legacy_dense_hash(cfg))
+        if old.key != cache.key and not cache.meta_path.exists() and old.meta_path.exists():
+            with cache.lock():
+                if not cache.meta_path.exists() and old.meta_path.exists():
+                    for f in old.dir.iterdir():
+                        if f.name != ".lock":
+                            os.replace(f, cache.dir / f.name)
+                    log.info(
+                        "dense model %s: moved from %s (prune-cli format 1)",
+                        cache.key[:10],
+                        old.dir,
+                    )
+        return cache
+
+    def obtain(
+        self,
+        train: Callable[[], None],
+        *,
+        keep: list[int],
+        need: list[int],
+        steps_per_epoch: int,
+        need_key: str = "",
+        writer: bool = True,
+        broadcast: Callable[[Any], Any] = lambda x: x,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> dict:
+        """The complete entry's metadata, after ``train()`` has filled it if it was missing.
+
+        One job trains (the lock's holder; under DDP all ranks train and the ``writer`` holds
+        the lock), the others wait. ``keep``: snapshot epochs this job's training keeps (besides
+        those other jobs :meth:`request`); ``need``: epochs this run reads. A complete entry is
+        never retrained in place: one without a needed epoch is a :class:`MissingSnapshotError`.
+        An interrupted training that has passed an epoch now wanted without keeping it starts
+        over.
+        """
+        meta = broadcast(self.meta() if writer else None)
+        if meta is None:
+            lock = self.lock() if writer else None
+            if lock is not None:
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    log.info(
+                        "dense model %s is being trained by another job; waiting", self.key[:10]
+                    )
+                    lock.acquire()
+            try:
+                if broadcast(self.meta() is None if writer else None):
+                    if writer:
+                        remove_orphan_temps(self.dir)
+                        self._drop_state_without(set(keep) | self.wanted(), steps_per_epoch)
+                    train()
+            finally:
+                if lock is not None:
+                    lock.release()
+        else:
+            log.info("dense model %s from the cache (%s)", self.key[:10], self.dir)
+        barrier()
+        meta = self.meta()
+        missing = self.missing(need)
+        if missing:
+            raise MissingSnapshotError(self.missing_error(missing, need_key))
+        return meta
+
+    def _drop_state_without(self, keep: set[int], steps_per_epoch: int) -> None:
+        """Start an interrupted training over if it passed an epoch in ``keep`` without saving it."""
+        state = self.state_path()
+        if not state.exists():
+            return
+        saved = load_torch(state)
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise CorruptFileError(
+                f"{state}: not a training state; delete it to start that training over"
+            )
+        done = saved["step"] // steps_per_epoch
+        lost = sorted(e for e in keep if e <= done and not self.snapshot_path(e).exists())
+        if lost:
+            log.info(
+                "dense model %s: the interrupted training did not keep epochs %s; starting it over",
+                self.key[:10],
+                lost,
+            )
+            state.unlink()
+
+    def missing(self, need: list[int]) -> list[int]:
+        """Epochs of ``need`` that this entry, if complete, lacks (none while incomplete)."""
+        if not self.meta_path.exists():
+            return []
+        return [e for e in need if not self.snapshot_path(e).exists()]
+
+    def missing_error(self, missing: list[int], key: str = "") -> str:
+        """One line: ``key`` (the setting that needs the epochs), what is missing, what to do."""
+        return (
+            f"{key + ': ' if key else ''}weight rewinding needs the dense model of epoch {', '.join(map(str, missing))},"
+            f" but the cached dense model {self.dir} kept only epochs {self.kept()}; run the"
+            " same sweep's WR jobs together with the job that trains it, or delete"
+            f" {self.dir} (when no run reads it) to retrain it with the snapshot"
+        )
+
+    def kept(self) -> list[int]:
+        """The snapshot epochs on disk."""
+        return sorted(
+            int(p.stem.split("_")[1]) for p in self.dir.glob("snap_*.pt") if p.stem.count("_") == 1
+        )
 
     @property
     def meta_path(self) -> Path:
@@ -401,6 +516,10 @@ class DenseCache:
 
     def snapshot_path(self, epoch: int) -> Path:
         return self.dir / f"snap_{epoch:04d}.pt"
+
+    def optimizer_path(self, epoch: int) -> Path:
+        """The optimizer's state at that snapshot (momentum buffers, for a rewind of both)."""
+        return self.dir / f"snap_{epoch:04d}_optimizer.pt"
 
     def has_snapshots(self, epochs: list[int]) -> bool:
         return all(self.snapshot_path(e).exists() for e in epochs)

@@ -59,15 +59,15 @@ def worker(args: argparse.Namespace) -> None:
         [
             f"model={args.model}",
             "dataset=synthetic",
-            f"device={args.device}",
+            f"runtime.device={args.device}",
             f"dataset.loader.n_train={args.n_train}",
             "dataset.loader.n_test=128",
             f"train.batch_size={args.batch_size}",
             f"train.precision={args.precision}",
-            f"train.channels_last={str(args.channels_last).lower()}",
-            f"train.compile={str(args.compile).lower()}",
+            f"runtime.channels_last={str(args.channels_last).lower()}",
+            f"runtime.compile={str(args.compile).lower()}",
             f"seed={args.worker_id}",
-            "progress=false",
+            "runtime.progress=false",
         ],
     )
     b = build(cfg)

@@ -1,7 +1,8 @@
 """Measured inference of L1-filter-pruned CIFAR ResNets against the dense network, in one process.
 
-For each preset (Li et al. 2016's ResNet-56-A/B, ResNet-110-A/B) it plans and removes the
-filters of a freshly initialised network and prints parameters, multiply-accumulates (PyTorch's
+For each preset (Li et al. 2016's ResNet-56-A/B, ResNet-110-A/B) its pruner (``ChannelPruner``,
+built from ``conf/pruning/<preset>.yaml``) plans and removes the filters of a freshly initialised
+network and prints parameters, multiply-accumulates (PyTorch's
 FlopCounterMode) and the median forward time of a batch, dense vs pruned, on the same device:
 
     uv run python scripts/bench_structured.py [--device cpu] [--batch-size 64] [--threads 1]
@@ -17,7 +18,8 @@ import torch
 from prune_cli.cli import _compose
 from prune_cli.costs import count_flops, param_counts
 from prune_cli.models.cifar_resnet import cifar_resnet
-from prune_cli.structured import measure_inference, structured_level
+from prune_cli.pruning import Network, build_pruner
+from prune_cli.pruning.channels import measure_inference
 
 PRESETS = {
     "resnet56": ["l1_filter_resnet56_a", "l1_filter_resnet56_b"],
@@ -42,7 +44,11 @@ def main() -> None:
         print(f"{name} dense: {p0:,} params, {f0 / 1e6:.1f} M MACs")
         for preset in PRESETS[name]:
             pruned = copy.deepcopy(dense)
-            structured_level(pruned, _compose("config", None, [f"pruning={preset}"]).pruning, shape)
+            # inference is measured below, at this script's batch size and device
+            overrides = [f"pruning={preset}", "pruning.measure_inference=false"]
+            pruner = build_pruner(_compose("config", None, overrides).pruning)
+            pruner.attach(Network(pruned, shape, lambda dense=dense: copy.deepcopy(dense)))
+            pruner.prune(1, torch.Generator().manual_seed(0))
             p1, f1 = param_counts(pruned)["total_params"], count_flops(pruned, shape)["total"]
             t = measure_inference(
                 dense, pruned, shape, batch_size=args.batch_size, device=args.device

@@ -9,9 +9,11 @@ What it measures, for CIFAR ResNet-20 and ResNet-56 on synthetic CIFAR-shaped da
 (b) ``tool``: ``prune_cli.train.train_phase`` on ``DeviceData`` (uint8 data on the device,
     crop/flip on the device), built by ``prune_cli.runner.build`` from the composed config
     ``model=<model> dataset=synthetic`` (the recipe of ``conf/train/cifar_resnet.yaml``) plus the
-    fast-path switches given here (``train.precision``, ``train.channels_last``, ``train.compile``).
-(c) ``tool, masked``: (b) with 90% of the prunable weights removed by ``Masks.prune(0.9)``, and
-    ``Masks.apply()`` timed alone over many calls, as a fraction of one training step.
+    fast-path switches given here (``train.precision``, ``runtime.channels_last``, ``runtime.compile``).
+(c) ``tool, masked``: (b) with 90% of the prunable weights removed by one level of the run's
+    pruner (``pruning=one_shot``: global magnitude to 90% sparsity) and re-applied after every
+    step by ``pruner.after_step``; ``Masks.apply()`` timed alone over many calls, as a fraction
+    of one training step.
 (d) the data pipelines alone (no model): the standard DataLoader and ``DeviceData.train_batches``.
 
 Each figure is the median of ``--repeats`` timed repetitions of ``--epochs`` epochs after a short
@@ -171,18 +173,19 @@ def compose(model: str, args: argparse.Namespace, *, fast: bool = True) -> objec
     overrides = [
         f"model={model}",
         "dataset=synthetic",
-        f"device={args.device}",
+        f"runtime.device={args.device}",
         f"dataset.loader.n_train={args.n_train}",
         f"dataset.loader.n_test={args.n_test}",
         f"train.batch_size={args.batch_size}",
         f"seed={args.seed}",
-        "progress=false",
+        "runtime.progress=false",
+        "pruning=one_shot",  # one level to 90% sparsity: the masked loop's masks
     ]
     if fast:
         overrides += [
             f"train.precision={args.precision}",
-            f"train.channels_last={str(args.channels_last).lower()}",
-            f"train.compile={str(args.compile).lower()}",
+            f"runtime.channels_last={str(args.channels_last).lower()}",
+            f"runtime.compile={str(args.compile).lower()}",
         ]
     return _compose("config", None, overrides)
 
@@ -195,7 +198,7 @@ def tool_run(b: Built, steps: int, name: str, masked: bool) -> None:
         b.data,
         phase,
         b.cfg.train,
-        b.masks if masked else None,
+        b.pruner if masked else None,
         forward=b.forward,
         progress=False,
     )
@@ -245,7 +248,7 @@ def bench_model(model_name: str, args: argparse.Namespace, device: torch.device)
         return r
 
     # 90% sparse masks; the unmasked runs ignore them (dense kernels cost the same on zeros)
-    b.masks.prune(0.9)
+    b.pruner.prune(1, torch.Generator().manual_seed(args.seed))
     seeds = itertools.count()
     names = (f"rep{i}" for i in seeds)
     loops: dict[str, Callable[[], None]] = {}
@@ -287,9 +290,10 @@ def bench_model(model_name: str, args: argparse.Namespace, device: torch.device)
 
     # Masks.apply() alone, as a fraction of an (unmasked) step of the tool's loop
     calls = args.apply_calls
+    masks = b.pruner.masks
     for _ in range(10):
-        b.masks.apply()
-    per_apply = median_time(lambda: [b.masks.apply() for _ in range(calls)], 3, device) / calls
+        masks.apply()
+    per_apply = median_time(lambda: [masks.apply() for _ in range(calls)], 3, device) / calls
     masked["apply_ms"] = 1000 * per_apply
     masked["apply_fraction_of_step"] = per_apply / (tool["step_ms"] / 1000)
     masked["masked_slowdown"] = tool["images_per_s"] / masked["images_per_s"] - 1
@@ -336,14 +340,14 @@ def accuracy_check(args: argparse.Namespace) -> list[dict]:
             forward=b.forward,
             progress=False,
         )
-        acc = evaluate(b.model, b.data, cfg.train.eval_batch_size, cfg.train.precision)
-        tr = cfg.train
+        acc = evaluate(b.model, b.data, cfg.runtime.eval_batch_size, cfg.train.precision)
+        tr, rt = cfg.train, cfg.runtime
         rows.append(
             {
                 "run": label,
                 "precision": tr.precision,
-                "channels_last": tr.channels_last,
-                "compile": tr.compile,
+                "channels_last": rt.channels_last,
+                "compile": rt.compile,
                 "epochs": args.epochs,
                 "train_loss": res.train_loss,
                 "test_accuracy": acc,
@@ -351,8 +355,8 @@ def accuracy_check(args: argparse.Namespace) -> list[dict]:
             }
         )
         print(
-            f"  resnet20 {label:15s} precision={tr.precision} channels_last={tr.channels_last}"
-            f" compile={tr.compile}: train loss {res.train_loss:.4f},"
+            f"  resnet20 {label:15s} precision={tr.precision} channels_last={rt.channels_last}"
+            f" compile={rt.compile}: train loss {res.train_loss:.4f},"
             f" test accuracy {100 * acc:.2f}% ({rows[-1]['wall_s']:.0f} s; {load_average()})",
             flush=True,
         )

@@ -54,8 +54,8 @@ SWEEP = [
     "seed=0",
     "pruning.levels=1",
     f"train.epochs={EPOCHS}",
-    "threads=1",
-    "progress=false",
+    "runtime.threads=1",
+    "runtime.progress=false",
 ]
 COMPARED = ("level", "acc", "acc_after_prune", "density", "nonzero_params", "images_seen")
 
@@ -280,10 +280,21 @@ def compare(ref: Path, run: Path) -> None:
     names = sorted(p.name for p in (ref / "checkpoints").iterdir())
     if sorted(p.name for p in (run / "checkpoints").iterdir()) != names:
         raise Failed(f"{run}: checkpoints {names} expected")
+
+    def same(x, y) -> bool:
+        """Bit-identical tensors in the same nesting (weights, or a pruner's {"masks": ...})."""
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and torch.equal(x, y)
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list):
+            return isinstance(y, list) and len(x) == len(y) and all(map(same, x, y))
+        return x == y
+
     for name in names:
         x = torch.load(ref / "checkpoints" / name, weights_only=False)
         y = torch.load(run / "checkpoints" / name, weights_only=False)
-        if x.keys() != y.keys() or any(not torch.equal(x[k], y[k]) for k in x):
+        if not same(x, y):
             raise Failed(f"{run}: checkpoints/{name} differs from the reference")
     for lr in sorted(ref.glob("lr_level_*.csv")):
         if (run / lr.name).read_text() != lr.read_text():
@@ -317,7 +328,7 @@ def e2e(root: Path, cluster: Cluster, timeout: float) -> None:
     argv = prune_run_argv(
         "launcher=slurm_cpu",
         *SWEEP,
-        f"cache_dir={root / 'cache'}",
+        f"runtime.cache_dir={root / 'cache'}",
         f"hydra.sweep.dir={sweep}",
         "hydra.launcher.partition=low",
         "hydra.launcher.cpus_per_task=1",
@@ -350,7 +361,7 @@ def e2e(root: Path, cluster: Cluster, timeout: float) -> None:
         # the reference, meanwhile: the same sweep without SLURM (Hydra's basic launcher)
         ref = subprocess.Popen(
             prune_run_argv(
-                *SWEEP, f"cache_dir={root / 'ref-cache'}", f"hydra.sweep.dir={root / 'ref'}"
+                *SWEEP, f"runtime.cache_dir={root / 'ref-cache'}", f"hydra.sweep.dir={root / 'ref'}"
             ),
             cwd=root,
             env=env,

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
-from prune_cli.cli import _compose
+# importing the CLI registers the run_id resolver that hydra.run.dir uses; its lock serialises
+# compositions (Hydra's compose API keeps global state) with those prevalidation makes
+from prune_cli.cli import _COMPOSE_LOCK
+from prune_cli.config import CONF_DIR, register
 
 # The suite runs on 2 cores with 2 pytest workers: one torch thread each (also in subprocesses)
 # avoids oversubscription, which slows these tiny models down several times.
@@ -18,12 +23,15 @@ torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
 # Settings every tiny run shares: no progress bars, a private dense cache.
-QUIET = ["progress=false"]
+QUIET = ["runtime.progress=false"]
 
 
-def compose(*overrides: str):
-    """The config `prune-run` would run for these overrides (real conf/, real schema)."""
-    return _compose("config", None, list(overrides))
+def compose(*overrides: str, hydra_cfg: bool = False):
+    """The config `prune-run` would run for these overrides (real conf/, real schema), composed
+    with Hydra's public compose API; ``hydra_cfg``: with Hydra's own node (``hydra.run.dir``)."""
+    register()
+    with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
 
 @pytest.fixture
@@ -34,7 +42,13 @@ def cli(tmp_path):
     """
 
     def run(*args: str, run_dir: Path | None = None, check: bool = True, env: dict | None = None):
-        argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"cache_dir={tmp_path / 'cache'}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "prune_cli.cli",
+            *QUIET,
+            f"runtime.cache_dir={tmp_path / 'cache'}",
+        ]
         if not any(a.startswith("hydra.run.dir") or a in ("-m", "--multirun") for a in args):
             argv.append(f"hydra.run.dir={run_dir or tmp_path / 'run'}")
         argv += list(args)
@@ -60,7 +74,7 @@ def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:
     from prune_cli.config import validate
     from prune_cli.runner import run
 
-    cfg = compose(*QUIET, f"cache_dir={run_dir.parent / 'cache'}", *overrides)
+    cfg = compose(*QUIET, f"runtime.cache_dir={run_dir.parent / 'cache'}", *overrides)
     validate(cfg)
     return run(cfg, run_dir)
 

@@ -36,21 +36,26 @@ CONFIG = [
     (["bogus=1"], "bogus"),
     (["method.name=bogus"], "method.name"),
     (["pruning.criterion=biggest"], "pruning.criterion"),
+    (["pruning.criterion._target_=prune_cli.pruning.criteria.biggest"], "criteria.biggest"),
+    (["pruning._target_=prune_cli.pruning.NoPruner"], "pruning._target_"),
+    (["pruning._target_=prune_cli.pruning.Network"], "not an option of Network"),
+    (["pruning.scope=blockwise"], "pruning.scope=blockwise"),
+    (["+pruning.one_shot=true"], "one_shot"),
     (["train.schedule.kind=exp"], "train.schedule.kind"),
     (["train.precision=fp16"], "train.precision"),
-    (["device=tpu"], "device"),
+    (["runtime.device=tpu"], "device"),
     # wrong types
     (["train.epochs=abc"], "train.epochs"),
     (["train.epochs=3.5"], "train.epochs"),
     (["train.lr=fast"], "train.lr"),
     (["pruning.levels=1.5"], "pruning.levels"),
-    (["progress=maybe"], "progress"),
+    (["runtime.progress=maybe"], "progress"),
     (["seed=abc"], "seed"),
     (["train.schedule.milestones=[a]"], "train.schedule.milestones"),
     # out of range
     (["train.epochs=0"], "train.epochs"),
     (["train.batch_size=-1"], "train.batch_size"),
-    (["train.eval_batch_size=0"], "train.eval_batch_size"),
+    (["runtime.eval_batch_size=0"], "runtime.eval_batch_size"),
     (["train.lr=-0.1"], "train.lr"),
     (["train.momentum=1.0"], "train.momentum"),
     (["train.weight_decay=-1"], "train.weight_decay"),
@@ -66,33 +71,51 @@ CONFIG = [
     # impossible combinations
     (["pruning.target_sparsity=0.5"], "exactly two"),
     (["pruning.rate=null", "pruning.levels=null"], "exactly two"),
-    (["pruning=one_shot", "pruning.target_sparsity=null"], "pruning.target_sparsity"),
+    # (the quick start sets pruning.rate and pruning.levels: one-shot on top of it unsets them)
+    (
+        [
+            "pruning=one_shot",
+            "pruning.rate=null",
+            "pruning.levels=1",
+            "pruning.target_sparsity=null",
+        ],
+        "pruning.target_sparsity",
+    ),
     (["method=wr", "method.retrain_epochs=500"], "method.retrain_epochs"),
     (["method=lrw", "method.retrain_epochs=11"], "method.retrain_epochs"),
     (["method=bimp", "method.budget_epochs=5"], "method.budget_epochs"),
     (["method=wr", "method.retrain_epochs=2.5"], "whole epoch"),
-    # structured pruning, checked on a fresh model before the dense training
+    # structured pruning, checked on a fresh model before the dense training (the quick start's
+    # pruning.rate is no option of the channel pruner: removed with ~pruning.rate)
     (
         [
-            "model=resnet20",
-            "dataset=synthetic",
-            "pruning=l1_filter",
+            *["model=resnet20", "dataset=synthetic", "pruning=l1_filter", "~pruning.rate"],
             "pruning.stage_ratios=[0.99,0.1,0.1]",
         ],
         "pruning.stage_ratios",
     ),
     (
         [
-            "model=resnet20",
-            "dataset=synthetic",
-            "pruning=l1_filter",
+            *["model=resnet20", "dataset=synthetic", "pruning=l1_filter", "~pruning.rate"],
             "pruning.stage_ratios=[0.1,1.0,0.1]",
         ],
         "pruning.stage_ratios",
     ),
     (
-        ["model=resnet20", "dataset=synthetic", "pruning=l1_filter", "pruning.skip=[layer9.conv1]"],
+        [
+            *["model=resnet20", "dataset=synthetic", "pruning=l1_filter", "~pruning.rate"],
+            "pruning.skip=[layer9.conv1]",
+        ],
         "pruning.skip",
+    ),
+    (
+        ["pruning=l1_filter", "~pruning.rate"],
+        "pruning.stage_ratios: 3 ratios given, the model has 0 stages",
+    ),
+    # an option of another pruner (the quick start's level plan of mask pruning)
+    (
+        ["model=resnet20", "dataset=synthetic", "pruning=l1_filter"],
+        "pruning.rate: not an option of ChannelPruner",
     ),
     (["method=bimp", "method.retrain_epochs=2"], "method.retrain_epochs"),
     # malformed command lines, sweeps with one bad point
@@ -121,10 +144,10 @@ CONFIG = [
     (["-m", "method=ft,,wr"], "method: cannot parse the override 'method=ft,,wr'"),
     (["method=ft,"], "method: cannot parse the override"),
     # devices that do not exist (here: cuda:999 on any machine, cpu and mps have index 0 only)
-    (["device=cpu:7"], "device=cpu:7"),
-    (["device=mps:1"], "device=mps:1"),
-    (["device=cuda:999"], "device=cuda:999"),
-    (["device=cuda:x"], "device=cuda:x"),
+    (["runtime.device=cpu:7"], "runtime.device=cpu:7"),
+    (["runtime.device=mps:1"], "runtime.device=mps:1"),
+    (["runtime.device=cuda:999"], "runtime.device=cuda:999"),
+    (["runtime.device=cuda:x"], "runtime.device=cuda:x"),
     # bounds on epochs, levels and seeds
     (["train.epochs=100000"], "train.epochs"),
     (["train.epochs=1e8"], "train.epochs"),
@@ -139,27 +162,34 @@ CONFIG = [
     # a level plan whose density leaves less than one weight (LeNet: 50,200 prunable weights)
     (["pruning.levels=90"], "pruning.levels=90"),
     (
-        ["pruning.criterion=layerwise_magnitude", "pruning.levels=40"],
+        ["pruning=layerwise_magnitude", "pruning.levels=40"],
         "pruning.levels=40",
     ),
     (
-        [
-            *["pruning.one_shot=true", "pruning.rate=null", "pruning.levels=null"],
-            "pruning.target_sparsity=0.99999999",
-        ],
+        ["pruning.scope=layerwise", "pruning.levels=40"],
+        "pruning.levels=40",
+    ),
+    (
+        ["pruning=one_shot", "pruning.target_sparsity=0.99999999"],
         "pruning.target_sparsity",
     ),
-    # one-shot pruning with a level plan that it would ignore
+    (
+        ["pruning.levels=1", "pruning.rate=null", "pruning.target_sparsity=0.99999999"],
+        "pruning.target_sparsity",
+    ),
+    # one-shot pruning (one level) with the quick start's level plan: exactly two of the three;
+    # the old `pruning.one_shot` key is gone (one-shot is `pruning=one_shot`: pruning.levels=1)
+    (["pruning=one_shot"], "exactly two"),
+    (["pruning=one_shot", "pruning.rate=0.2"], "exactly two"),
     (["pruning.one_shot=true", "pruning.target_sparsity=0.9"], "pruning.one_shot"),
-    (["pruning=one_shot"], "pruning.one_shot"),
     # directories
     (["hydra.run.dir=''"], "hydra.run.dir"),
     (["-m", "hydra.sweep.dir=''"], "hydra.sweep.dir"),
     (["-m", "hydra.sweep.subdir=''"], "hydra.sweep.subdir"),
-    (["cache_dir=''"], "cache_dir"),
-    (["cache_dir= "], "cache_dir"),
-    (["cache_dir=" + __file__], "cache_dir"),
-    (["cache_dir=" + __file__ + "/cache"], "cache_dir"),
+    (["runtime.cache_dir=''"], "cache_dir"),
+    (["runtime.cache_dir= "], "cache_dir"),
+    (["runtime.cache_dir=" + __file__], "cache_dir"),
+    (["runtime.cache_dir=" + __file__ + "/cache"], "cache_dir"),
     # recipes
     (["train.schedule.milestones=[20,5]"], "train.schedule.milestones"),
     (["train.schedule.milestones=[5,5]"], "train.schedule.milestones"),
@@ -199,6 +229,32 @@ def test_good_input_passes_prevalidation():
     assert prevalidate(["-m", *BASE]) is None  # the quick start's own sweep: ft, wr, lrw
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pruning=one_shot"],
+        ["pruning=random"],
+        ["pruning=layerwise_magnitude"],
+        ["pruning.scope=layerwise"],
+        ["pruning.levels=1", "pruning.rate=null", "pruning.target_sparsity=0.9"],
+        ["model=resnet20", "dataset=synthetic", "pruning=l1_filter"],
+        ["model=resnet56", "pruning=l1_filter_resnet56_b"],
+        *[[*BASE, "pruning=one_shot", "pruning.rate=null", "pruning.levels=1"]],
+        *[[*BASE, "pruning=random"], [*BASE, "pruning=layerwise_magnitude"]],
+    ],
+    ids=" ".join,
+)
+def test_pruning_presets_pass_prevalidation(args, tmp_path):
+    """Each preset on its own (LeNet-300-100 unless the case names a model), or over the quick
+    start, whose level plan a one-shot preset must unset."""
+    base = (
+        []
+        if "experiment=quickstart" in args or any(a.startswith("model=") for a in args)
+        else ["model=lenet300_100"]
+    )
+    assert prevalidate([*base, *args, f"runtime.cache_dir={tmp_path}"]) is None
+
+
 EXPERIMENTS = sorted(
     p.stem for p in (Path(__file__).parent.parent / "conf" / "experiment").iterdir()
 )
@@ -207,7 +263,7 @@ EXPERIMENTS = sorted(
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_passes_prevalidation(name, tmp_path):
     """Each preset as a single run (its sweep's grid: see the README's timings)."""
-    assert prevalidate([f"experiment={name}", f"cache_dir={tmp_path}"]) is None
+    assert prevalidate([f"experiment={name}", f"runtime.cache_dir={tmp_path}"]) is None
 
 
 def test_a_run_shorter_than_its_recipe_keeps_the_snapshots_it_reaches(tmp_path):
@@ -217,7 +273,12 @@ def test_a_run_shorter_than_its_recipe_keeps_the_snapshots_it_reaches(tmp_path):
         *[12, 32, 52, 72, 92]
     ]
     assert list(compose("model=resnet56", "train.epochs=2").train.snapshot_epochs) == []
-    short = ["model=resnet20", "dataset=synthetic", "train.epochs=2", f"cache_dir={tmp_path}"]
+    short = [
+        "model=resnet20",
+        "dataset=synthetic",
+        "train.epochs=2",
+        f"runtime.cache_dir={tmp_path}",
+    ]
     assert prevalidate(short) is None
 
 
@@ -237,13 +298,17 @@ def test_the_device_is_checked_where_the_job_runs():
     from prune_cli.checks import check_job, runs_here
     from prune_cli.config import ConfigError
 
-    cfg = compose(*BASE, "device=cuda:999")
-    with pytest.raises(ConfigError, match="device=cuda:999"):
+    cfg = compose(*BASE, "runtime.device=cuda:999")
+    with pytest.raises(ConfigError, match="runtime.device=cuda:999"):
         check_job(cfg)
     check_job(cfg, here=False)  # a SLURM job: its node's GPUs are not this machine's
-    assert runs_here(None) and runs_here(
-        "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-    )
+
+    def launcher(*overrides: str) -> str:
+        return compose(*BASE, *overrides, hydra_cfg=True).hydra.launcher._target_
+
+    assert runs_here(None) and runs_here(launcher())  # Hydra's basic launcher
+    assert runs_here(launcher("launcher=local")) and runs_here(launcher("launcher=submitit_local"))
+    assert not runs_here(launcher("launcher=slurm"))
     assert not runs_here("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
 
 
@@ -255,10 +320,12 @@ def test_cuda_indices_are_checked_against_this_machines_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for ok in ("cuda", "cuda:0", "cuda:1", "cpu", "auto"):
         check_device(ok)
-    with pytest.raises(ConfigError, match=r"device=cuda:2: this machine has 2 CUDA devices"):
+    with pytest.raises(
+        ConfigError, match=r"runtime.device=cuda:2: this machine has 2 CUDA devices"
+    ):
         check_device("cuda:2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="device=cuda: no CUDA device"):
+    with pytest.raises(ConfigError, match="runtime.device=cuda: no CUDA device"):
         check_device("cuda")
 
 
@@ -268,11 +335,13 @@ def test_models_are_built_once_per_distinct_model_config(monkeypatch, tmp_path):
     built = []
     build = checks.build_model
     monkeypatch.setattr(checks, "_FACTS", {})
+    monkeypatch.setattr(checks, "_PLANS", set())
+    monkeypatch.setattr(checks, "_MODELS", {})
     monkeypatch.setattr(checks, "build_model", lambda cfg: built.append(1) or build(cfg))
-    sweep = ["-m", *BASE, "seed=0,1,2", "method=ft,lrw", f"cache_dir={tmp_path}"]
+    sweep = ["-m", *BASE, "seed=0,1,2", "method=ft,lrw", f"runtime.cache_dir={tmp_path}"]
     assert prevalidate(sweep) is None
     assert len(built) == 1
-    assert prevalidate([*sweep, "pruning.criterion=global_magnitude,random"]) is None
+    assert prevalidate([*sweep, "pruning=global_magnitude,random"]) is None
     assert len(built) == 1
     assert prevalidate([*sweep, "model.prune_exclude=[fc1],[fc2]"]) is None
     assert len(built) == 3
@@ -283,7 +352,7 @@ def test_models_are_built_once_per_distinct_model_config(monkeypatch, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 OTHER_RUN = {
-    "run.json": json.dumps({"config_hash": "0" * 64}) + "\n",
+    "run.json": json.dumps({"config_hash": "0" * 64, "format": 2}) + "\n",
     "results.jsonl": json.dumps({"level": 0, "acc": 0.5}) + "\n",
     "summary.txt": "another run's table\n",
     ".hydra/config.yaml": "another: run\n",
@@ -296,6 +365,13 @@ def _another_run(tmp: Path) -> list[str]:
         (tmp / "run" / name).write_text(text)
     (tmp / "run" / "checkpoints").mkdir()
     torch.save({"w": torch.ones(3)}, tmp / "run" / "checkpoints" / "level_00.pt")
+    return []
+
+
+def _earlier_run(tmp: Path) -> list[str]:
+    """A run directory of an earlier prune-cli: its run.json has no format."""
+    _another_run(tmp)
+    (tmp / "run" / "run.json").write_text(json.dumps({"config_hash": "0" * 64}) + "\n")
     return []
 
 
@@ -322,14 +398,16 @@ CLI = {
     "missing data, no download": (_no_mnist, "nowhere"),
     "torn data file": (_torn_mnist, "train-images-idx3-ubyte"),
     "run dir holding another config's run": (_another_run, "another configuration's run"),
+    "run dir of an earlier prune-cli": (_earlier_run, "written by an earlier prune-cli"),
     "input shape differs from the data": (["dataset.input_shape=[3,32,32]"], "dataset.input_shape"),
-    "device that does not exist": (["device=cpu:7"], "device=cpu:7"),
+    "device that does not exist": (["runtime.device=cpu:7"], "runtime.device=cpu:7"),
     "model that cannot take the data": (
         ["model=resnet20", "dataset=digits"],
         "model=resnet20 on dataset=digits",
     ),
     "density below one weight": (["pruning.levels=90"], "pruning.levels=90"),
-    "one-shot with a level plan": (["pruning.one_shot=true"], "pruning.one_shot"),
+    "one-shot with a level plan": (["pruning=one_shot"], "exactly two"),
+    "removed one_shot key": (["pruning.one_shot=true"], "pruning.one_shot"),
     "sweep of no job": (["-m", "seed=range(0,0)"], "seed"),
     "empty sweep element": (["-m", "method=ft,"], "method=ft,"),
 }
@@ -345,7 +423,7 @@ def cli_results(tmp_path_factory) -> dict[str, tuple]:
         sweep, extra = (extra[:1], extra[1:]) if extra[:1] == ["-m"] else ([], extra)
         argv = [  # a sweep's -m goes first; its directory is then tmp/multirun/quickstart
             *[sys.executable, "-m", "prune_cli.cli", *sweep, *QUIET],
-            *[f"cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", *BASE, *extra],
+            *[f"runtime.cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", *BASE, *extra],
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNE_CLI_DATA": str(tmp / "data")}
         before = snapshot(tmp)
@@ -389,6 +467,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_starts_nothing(cli_results, cas
 PREVALIDATED = [
     *["device that does not exist", "model that cannot take the data", "density below one weight"],
     *["one-shot with a level plan", "sweep of no job", "empty sweep element"],
+    "removed one_shot key",
 ]
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import compose
 from datafiles import write_cifar10
 
-from prune_cli.store import config_hash, dense_hash
+from prune_cli.store import config_hash, dense_hash, legacy_dense_hash
 
 
 def test_quickstart_end_to_end(cli, tmp_path):
@@ -37,10 +37,15 @@ def test_quickstart_end_to_end(cli, tmp_path):
         ):
             assert key in r
     assert rows[-1]["acc"] > 0.8  # real learning on real digits
+    assert {(r["pruning"], r["criterion"], r["one_shot"]) for r in rows} == {
+        ("global_magnitude", "global_magnitude", False)
+    }
+    assert not list(run.glob("checkpoints/*_masks.pt"))  # the pruner's state is level_XX_pruning.pt
+    assert json.loads((run / "run.json").read_text())["format"] == 2
     for r in rows:
         k = r["level"]
         state = torch.load(run / f"checkpoints/level_{k:02d}.pt")
-        masks = torch.load(run / f"checkpoints/level_{k:02d}_masks.pt")
+        masks = torch.load(run / f"checkpoints/level_{k:02d}_pruning.pt")["masks"]
         alive = sum(int(m.sum()) for m in masks.values())
         assert alive == r["prunable_alive"]
         for name, m in masks.items():
@@ -68,7 +73,7 @@ def test_paper_command_on_tiny_cifar_archive(cli, tmp_path):
         "train.epochs=2",
         "method.retrain_epochs=1",
         "pruning.levels=1",
-        "device=cpu",
+        "runtime.device=cpu",
     )
     cfg = json.loads((tmp_path / "run" / "results.jsonl").read_text().splitlines()[0])
     assert cfg["model"] == "resnet56" and cfg["dataset"] == "cifar10"
@@ -89,22 +94,45 @@ def test_model_selects_its_recipe_and_overrides_win():
 def test_config_hash_is_pinned():
     # Dense caches and run directories are named by these hashes: a refactor that changes them
     # orphans every existing cache. Change the pinned values only on purpose.
+    # Format 2 (the `runtime` node, pruners by `_target_`) renamed both on purpose; the key that
+    # format 1 gave the dense model stays computable, so that its cache entry is moved, not
+    # retrained (store.DenseCache.of).
     cfg = compose("experiment=quickstart")
     assert config_hash(cfg)[:16] == PINNED_RUN_HASH
     assert dense_hash(cfg)[:16] == PINNED_DENSE_HASH
+    assert legacy_dense_hash(cfg)[:16] == PINNED_FORMAT_1_DENSE_HASH
     # a speed-only setting or a new null-valued key does not change them
-    assert dense_hash(compose("experiment=quickstart", "train.channels_last=true")) == dense_hash(
+    assert dense_hash(compose("experiment=quickstart", "runtime.channels_last=true")) == dense_hash(
         cfg
     )
-    assert config_hash(compose("experiment=quickstart", "progress=false")) == config_hash(cfg)
+    assert config_hash(compose("experiment=quickstart", "runtime.progress=false")) == config_hash(
+        cfg
+    )
+    # nothing under `runtime` changes a result, so none of it is hashed
+    runtime = [
+        *["runtime.device=cpu", "runtime.threads=2", "runtime.cache_dir=/elsewhere"],
+        *["runtime.rerun=true", "runtime.workers=0", "runtime.compile=true"],
+        *["runtime.channels_last=true", "runtime.eval_batch_size=7", "logger=none"],
+        *["runtime.eval_every=0", "runtime.log_every_n_steps=1"],
+    ]
+    assert config_hash(compose("experiment=quickstart", *runtime)) == config_hash(cfg)
+    assert dense_hash(compose("experiment=quickstart", *runtime)) == dense_hash(cfg)
+    # what does change a result does change them
+    assert config_hash(compose("experiment=quickstart", "pruning=random")) != config_hash(cfg)
+    assert config_hash(compose("experiment=quickstart", "pruning.scope=layerwise")) != config_hash(
+        cfg
+    )
+    assert dense_hash(compose("experiment=quickstart", "pruning=random")) == dense_hash(cfg)
+    assert dense_hash(compose("experiment=quickstart", "train.lr=0.05")) != dense_hash(cfg)
     # where the data lives does not change results; a model's name and exclusions not its dense run
     assert dense_hash(compose("dataset.root=/a")) == dense_hash(compose("dataset.root=/b"))
     assert config_hash(compose("dataset.root=/a")) == config_hash(compose("dataset.root=/b"))
     assert dense_hash(compose("model=vgg16")) == dense_hash(compose("model=vgg16_nofc"))
 
 
-PINNED_RUN_HASH = "fdf8ab5b8b35189e"
-PINNED_DENSE_HASH = "f2c9b868dc273c25"
+PINNED_RUN_HASH = "e02c041b4b894ea3"
+PINNED_DENSE_HASH = "2687d4e48eb5e95f"
+PINNED_FORMAT_1_DENSE_HASH = "f2c9b868dc273c25"  # the format-1 PINNED_DENSE_HASH
 
 
 BAD = [
@@ -151,7 +179,7 @@ def test_lenet_on_mnist_idx_files(cli, tmp_path):
         "dataset.download=false",
         "train.epochs=2",
         "pruning.levels=1",
-        "device=cpu",
+        "runtime.device=cpu",
     )
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert (

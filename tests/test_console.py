@@ -34,7 +34,7 @@ def _argv(tmp_path: Path, *args: str) -> list[str]:
         sys.executable,
         "-m",
         "prune_cli.cli",
-        f"cache_dir={tmp_path / 'cache'}",
+        f"runtime.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
         *RUN,
         *args,
@@ -51,7 +51,7 @@ def _epoch_lines(text: str) -> list[tuple[str, int]]:
 
 
 def test_not_a_terminal_prints_one_line_per_epoch(tmp_path):
-    # progress=true (the default), but stdout and stderr are pipes, as in a SLURM job
+    # runtime.progress=true (the default), but stdout and stderr are pipes, as in a SLURM job
     proc = subprocess.run(
         _argv(tmp_path),
         cwd=tmp_path,

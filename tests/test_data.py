@@ -498,7 +498,7 @@ def test_build_data_errors(tmp_path):
     assert_one_line_error(
         excinfo, "dataset.loader._target_=prune_cli.data.nosuch.load", "cannot be imported"
     )
-    with pytest.raises(DataError, match="no module named 'nosuchpackage'"):
+    with pytest.raises(DataError, match="(?i)no module named 'nosuchpackage'"):
         build_data({"_target_": "nosuchpackage.load"}, "cpu", augment=False)
     # A loader's own DataError comes through unwrapped.
     root = tmp_path / "empty"

@@ -14,7 +14,7 @@ COMMON = [
     "train.epochs=2",
     "pruning.levels=1",
     "train.batch_size=64",
-    "progress=false",
+    "runtime.progress=false",
 ]
 
 
@@ -33,7 +33,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
             "-m",
             "prune_cli.cli",
             *COMMON,
-            f"cache_dir={tmp_path / 'c1'}",
+            f"runtime.cache_dir={tmp_path / 'c1'}",
             f"hydra.run.dir={one}",
         ],
         tmp_path,
@@ -49,7 +49,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
             "-m",
             "prune_cli.cli",
             *COMMON,
-            f"cache_dir={tmp_path / 'c2'}",
+            f"runtime.cache_dir={tmp_path / 'c2'}",
             f"hydra.run.dir={two}",
         ],
         tmp_path,
@@ -66,6 +66,6 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     w2 = torch.load(two / "checkpoints/level_01.pt")
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
-    m1 = torch.load(one / "checkpoints/level_01_masks.pt")
-    m2 = torch.load(two / "checkpoints/level_01_masks.pt")
-    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    m1 = torch.load(one / "checkpoints/level_01_pruning.pt")["masks"]
+    m2 = torch.load(two / "checkpoints/level_01_pruning.pt")["masks"]
+    assert m1.keys() == m2.keys() and all(torch.equal(m1[k], m2[k]) for k in m1)

@@ -55,8 +55,8 @@ def quickstart(tmp_path_factory):
     argv = [
         "-m",
         *QUICK,
-        "progress=false",
-        f"cache_dir={root / 'cache'}",
+        "runtime.progress=false",
+        f"runtime.cache_dir={root / 'cache'}",
         f"hydra.sweep.dir={root / 'sweep'}",
     ]
     cwd = os.getcwd()
@@ -156,7 +156,7 @@ def test_a_fractional_retraining_counts_the_epoch_last_batch(tmp_path) -> None:
         "method.retrain_epochs=1.5",
     ]
     assert phase_images(1.5, 1437, 100) == (22, 2137)
-    where = [f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    where = [f"runtime.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     p = plan([*args, *where], measure=no_probe)
     assert not p.multirun and p.jobs[0].run_dir == tmp_path / "run"
     assert [(ph.name, ph.steps, ph.images) for ph in p.jobs[0].phases] == [
@@ -170,7 +170,12 @@ def test_a_fractional_retraining_counts_the_epoch_last_batch(tmp_path) -> None:
 def test_cifar_counts_with_its_known_size_and_fetches_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PRUNE_CLI_DATA", str(tmp_path / "data"))
-    args = ["model=resnet20", "train.epochs=2", "pruning.levels=1", f"cache_dir={tmp_path / 'c'}"]
+    args = [
+        "model=resnet20",
+        "train.epochs=2",
+        "pruning.levels=1",
+        f"runtime.cache_dir={tmp_path / 'c'}",
+    ]
     p = plan(args, measure=no_probe)
     (job,) = p.jobs
     assert [ph.images for ph in job.phases] == [100_000, 100_000]  # 2 epochs of 50,000 images
@@ -187,7 +192,7 @@ def test_structured_levels_count_the_smaller_network(tmp_path, monkeypatch) -> N
         "pruning=l1_filter",
         "pruning.levels=2",
         "train.epochs=2",
-        f"cache_dir={tmp_path / 'c'}",
+        f"runtime.cache_dir={tmp_path / 'c'}",
     ]
     p = plan(args, measure=no_probe)
     macs = [ph.macs_per_image for ph in p.jobs[0].phases]
@@ -208,7 +213,12 @@ def test_prune_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path) -> None:
     # through the console entry point: prevalidation (which must not record WR's snapshot
     # request in the cache during a dry run), then the plan, then exit 0 before Hydra starts
     proc = prune_run(
-        tmp_path, "--dry-run", "-m", *QUICK, f"cache_dir={tmp_path / 'cache'}", "progress=false"
+        tmp_path,
+        "--dry-run",
+        "-m",
+        *QUICK,
+        f"runtime.cache_dir={tmp_path / 'cache'}",
+        "runtime.progress=false",
     )
     assert "3 jobs, 1 dense model (1 to train, 0 from the cache)" in proc.stdout
     assert "multirun/quickstart/lenet300_100-digits/wr-" in proc.stdout

@@ -13,47 +13,64 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from prune_cli.export import TORCHSCRIPT_WARNING, main
-from prune_cli.pruning import Masks, prunable_parameters
+from prune_cli.pruning import MaskPruner, Masks, Network, Pruner, build_pruner, criteria
 from prune_cli.store import save_torch
-from prune_cli.structured import structured_level
 from tests.conftest import compose
 
 
+def attach(pruner: Pruner, model: nn.Module, cfg) -> Pruner:
+    pruner.attach(
+        Network(model, list(cfg.dataset.input_shape), lambda: instantiate(cfg.model.net).eval())
+    )
+    return pruner
+
+
+def save_level(root: Path, level: int, model: nn.Module, pruner: Pruner) -> None:
+    """A level's files as prune-run writes them: the weights and the pruner's state."""
+    save_torch(model.state_dict(), root / "checkpoints" / f"level_{level:02d}.pt")
+    save_torch(pruner.state_dict(), root / "checkpoints" / f"level_{level:02d}_pruning.pt")
+
+
 def run_dir(tmp_path: Path, *overrides: str) -> tuple[Path, nn.Module, object]:
-    """A run directory as prune-run leaves it: config.yaml and the level-0 checkpoint of the
-    model ``overrides`` compose (default: ResNet-20 on CIFAR-shaped data); the model (eval
-    mode) and the config."""
+    """A run directory as prune-run leaves it: config.yaml and the level-0 checkpoint (weights
+    and the dense pruning state) of the model ``overrides`` compose (default: ResNet-20 on
+    CIFAR-shaped data); the model (eval mode) and the config."""
     cfg = compose(*(overrides or ("model=resnet20", "dataset=synthetic")))
     root = tmp_path / "run"
     (root / "checkpoints").mkdir(parents=True)
     (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(0)
     model = instantiate(cfg.model.net).eval()
-    save_torch(model.state_dict(), root / "checkpoints" / "level_00.pt")
+    save_level(root, 0, model, attach(build_pruner(cfg.pruning), model, cfg))
     return root, model, cfg
 
 
-def masked_level(root: Path, model: nn.Module) -> Masks:
+def masked_level(root: Path, model: nn.Module, cfg) -> Masks:
     """Level 1 of a masked run: half the weights pruned, the masks saved beside the weights."""
-    masks = Masks(prunable_parameters(model))
-    masks.prune(0.5)
-    masks.apply()
-    save_torch(model.state_dict(), root / "checkpoints" / "level_01.pt")
-    save_torch(masks.state_dict(), root / "checkpoints" / "level_01_masks.pt")
-    return masks
+    pruner = attach(
+        MaskPruner("global_magnitude", criteria.magnitude, rate=0.5, levels=1), model, cfg
+    )
+    pruner.prune(1, torch.Generator().manual_seed(0))
+    pruner.masks.apply()
+    save_level(root, 1, model, pruner)
+    return pruner.masks
 
 
 def structured_run(tmp_path: Path) -> tuple[Path, nn.Module]:
     """ResNet-56-pruned-A (Li et al.): level 1 removed filters, then "retrained" its weights."""
     root, model, cfg = run_dir(
-        tmp_path, "model=resnet56", "dataset=synthetic", "pruning=l1_filter_resnet56_a"
+        tmp_path,
+        "model=resnet56",
+        "dataset=synthetic",
+        "pruning=l1_filter_resnet56_a",
+        "pruning.measure_inference=false",
     )
-    stats = structured_level(model, cfg.pruning, list(cfg.dataset.input_shape))
+    pruner = attach(build_pruner(cfg.pruning), model, cfg)
+    pruner.prune(1, torch.Generator().manual_seed(0))
     with torch.no_grad():  # stands in for retraining: the export must carry the new weights
         for p in model.parameters():
             p.add_(0.01)
-    save_torch(model.state_dict(), root / "checkpoints" / "level_01.pt")
-    save_torch(stats["plan"], root / "checkpoints" / "level_01_plan.pt")
+    save_level(root, 1, model, pruner)
     return root, model.eval()
 
 
@@ -75,7 +92,7 @@ def predictions(model, shape, batches=(1, 7)) -> list[tuple[torch.Tensor, torch.
 )
 def test_masked_run_exports_a_program_with_a_dynamic_batch(tmp_path, capsys, overrides) -> None:
     root, model, cfg = run_dir(tmp_path, *overrides)
-    masks = masked_level(root, model)
+    masks = masked_level(root, model, cfg)
     main([str(root)])
     out = root / "export" / "level_01.pt2"
     assert capsys.readouterr().out.strip() == str(out)
@@ -127,8 +144,8 @@ def test_torchscript_is_a_legacy_format_that_warns(tmp_path, capsys) -> None:
 
 
 def test_state_dict_format_is_plain_tensors_with_zeros_where_pruned(tmp_path, capsys) -> None:
-    root, model, _ = run_dir(tmp_path)
-    masks = masked_level(root, model)
+    root, model, cfg = run_dir(tmp_path)
+    masks = masked_level(root, model, cfg)
     main([str(root), "--format", "state_dict"])
     out = root / "export" / "level_01.pt"
     assert capsys.readouterr().out.strip() == str(out)
@@ -168,6 +185,7 @@ class FixedBatch(nn.Module):
         (["RUN", "--level", "3"], "no checkpoint for level 3 (levels: 0)"),
         (["RUN", "--out", "OUT/model.pt"], "torch.export.load expects a .pt2 file"),
         (["FIXED"], "torch.export cannot capture the run's model with a dynamic batch"),
+        (["OLD"], "level_00_pruning.pt: missing (a run of an earlier prune-cli"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle) -> None:
@@ -175,8 +193,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle) -> Non
     if "FIXED" in args:
         cfg.model.net = {"_target_": f"{__name__}.FixedBatch"}
         (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        save_torch(FixedBatch().state_dict(), root / "checkpoints" / "level_00.pt")
-    where = {"RUN": str(root), "FIXED": str(root), "missing": str(tmp_path / "missing")}
+        fixed = FixedBatch()
+        save_level(root, 0, fixed, attach(build_pruner(cfg.pruning), fixed, cfg))
+    if "OLD" in args:  # a run directory of an earlier prune-cli: no pruning state per level
+        (root / "checkpoints" / "level_00_pruning.pt").unlink()
+    where = {"RUN": str(root), "FIXED": str(root), "OLD": str(root)}
+    where["missing"] = str(tmp_path / "missing")
     argv = [where.get(a, a.replace("OUT", str(tmp_path / "out"))) for a in args]
     with pytest.raises(SystemExit) as exit_:
         main(argv)

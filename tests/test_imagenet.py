@@ -45,11 +45,11 @@ def test_batches_are_shaped_and_normalised(tiny):
         {
             "_target_": "prune_cli.data.imagenet.load_imagenet",
             "root": str(tiny),
-            "workers": 0,
             "image_size": 32,
         },
         "cpu",
         augment=True,
+        workers=0,  # runtime.workers: not part of the loader's node
     )
     assert isinstance(data, BatchSource)
     assert (data.num_classes, data.input_shape, data.n_train, data.n_test) == (
@@ -130,9 +130,10 @@ def test_missing_split_is_one_line_naming_the_path(tmp_path, missing):
     (root / missing).rmdir()
     with pytest.raises(DataError) as e:
         build_data(
-            {"_target_": "prune_cli.data.imagenet.load_imagenet", "root": str(root), "workers": 0},
+            {"_target_": "prune_cli.data.imagenet.load_imagenet", "root": str(root)},
             "cpu",
             augment=True,
+            workers=0,
         )
     message = str(e.value)
     assert "\n" not in message and str(root) in message and f"no {missing}/ folder" in message
@@ -151,6 +152,8 @@ def test_resnet_selects_the_imagenet_recipe_and_overrides_win():
     assert tr.schedule.warmup_epochs == 5 and list(tr.schedule.milestones) == [30, 60, 80]
     assert cfg.model.net._target_ == "torchvision.models.resnet50"
     assert cfg.dataset.loader.image_size == 224
+    # data-loader workers are a runtime setting (never hashed), not the loader's
+    assert "workers" not in cfg.dataset.loader and cfg.runtime.workers == 8
     cfg = compose("model=resnet18", "train.epochs=3", "dataset.input_shape=[3,64,64]")
     assert (cfg.train.epochs, cfg.dataset.loader.image_size, cfg.dataset.name) == (
         3,
@@ -165,7 +168,7 @@ def test_resnet18_end_to_end_on_tiny_imagenet(cli, tiny):
     proc = cli(
         "model=resnet18",
         f"dataset.root={tiny}",
-        "dataset.loader.workers=0",
+        "runtime.workers=0",
         "dataset.num_classes=3",
         "dataset.input_shape=[3,16,16]",
         "train.epochs=1",
@@ -173,7 +176,7 @@ def test_resnet18_end_to_end_on_tiny_imagenet(cli, tiny):
         "train.schedule.warmup_epochs=0",
         "method.retrain_epochs=1",
         "pruning.levels=1",
-        "device=cpu",
+        "runtime.device=cpu",
     )
     row = json.loads((tiny.parent / "run" / "results.jsonl").read_text().splitlines()[0])
     assert row["model"] == "resnet18" and row["dataset"] == "imagenet"

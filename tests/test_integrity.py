@@ -46,7 +46,7 @@ def argv(root: Path, *args: str) -> list[str]:
         "prune_cli.cli",
         *flags,
         *QUIET,
-        f"cache_dir={root / 'cache'}",
+        f"runtime.cache_dir={root / 'cache'}",
         *overrides,
     ]
 
@@ -186,15 +186,17 @@ def test_bad_rows_one_line(finished, tmp_path, edit, fault, line):
     before = (run_dir / "results.jsonl").read_bytes()
     proc = run(tmp_path, f"hydra.run.dir={run_dir}", *FAST, "pruning.levels=2")
     msg = assert_one_line(proc, str(run_dir / "results.jsonl"), f"line {line}", fault)
-    assert "rerun=true" in msg
+    assert "runtime.rerun=true" in msg
     assert (run_dir / "results.jsonl").read_bytes() == before  # nothing touched
 
 
-def test_missing_checkpoint_is_not_complete(finished, tmp_path):
+@pytest.mark.parametrize("name", ["level_02.pt", "level_02_pruning.pt"])
+def test_missing_checkpoint_is_not_complete(finished, tmp_path, name):
+    """A level is its weights and its pruner's state: without either it is not done."""
     run_dir, _ = _copy(finished, tmp_path)
-    (run_dir / "checkpoints" / "level_02.pt").unlink()
+    (run_dir / "checkpoints" / name).unlink()
     proc = run(tmp_path, f"hydra.run.dir={run_dir}", *FAST, "pruning.levels=2")
-    assert_one_line(proc, "line 3", "level_02.pt is missing", "keep only its first 2 line(s)")
+    assert_one_line(proc, "line 3", f"{name} is missing", "keep only its first 2 line(s)")
 
 
 def test_truncated_rows_resume_and_rerun_recovers(finished, tmp_path):
@@ -206,11 +208,13 @@ def test_truncated_rows_resume_and_rerun_recovers(finished, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout + proc.stderr
     assert [r["level"] for r in read_rows(run_dir / "results.jsonl")] == [0, 1, 2]
-    # a duplicated file is recovered by rerun=true
+    # a duplicated file is recovered by runtime.rerun=true
     (run_dir / "results.jsonl").write_text("\n".join([lines[0], lines[0]]) + "\n")
     with pytest.raises(IncompleteRunError):
         check_results(run_dir, chash, 2)
-    proc = run(tmp_path, f"hydra.run.dir={run_dir}", *FAST, "pruning.levels=2", "rerun=true")
+    proc = run(
+        tmp_path, f"hydra.run.dir={run_dir}", *FAST, "pruning.levels=2", "runtime.rerun=true"
+    )
     assert proc.returncode == 0, proc.stderr
     rows = read_rows(run_dir / "results.jsonl")
     assert [r["level"] for r in rows] == [0, 1, 2]
@@ -356,7 +360,14 @@ def test_read_only_run_dir_is_one_line(disk, tmp_path):
 def test_cache_dir_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = subprocess.run(
-        [sys.executable, "-m", "prune_cli.cli", *QUIET, *FAST, f"cache_dir={tmp_path / 'afile'}"],
+        [
+            sys.executable,
+            "-m",
+            "prune_cli.cli",
+            *QUIET,
+            *FAST,
+            f"runtime.cache_dir={tmp_path / 'afile'}",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

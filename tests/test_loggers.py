@@ -52,7 +52,7 @@ def _env(root: Path) -> dict:
 
 
 def _start(root: Path, run: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"cache_dir={root / 'cache'}"]
+    argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"runtime.cache_dir={root / 'cache'}"]
     return subprocess.Popen(
         [*argv, f"hydra.run.dir={run}", *RUN, "logger=many"],
         cwd=root,
@@ -277,14 +277,21 @@ def test_a_run_reusing_a_cached_dense_model_logs_its_epochs(tmp_path):
 
 def test_logger_settings_change_no_hash():
     base = compose("experiment=quickstart")
-    other = compose("experiment=quickstart", "logger=many", "eval_every=0", "log_every_n_steps=1")
+    other = compose(
+        "experiment=quickstart",
+        "logger=many",
+        "runtime.eval_every=0",
+        "runtime.log_every_n_steps=1",
+    )
     assert config_hash(other) == config_hash(base)
     assert dense_hash(other) == dense_hash(base)
-    assert set(compose("experiment=quickstart", "logger=[tensorboard,mlflow]").logger) == {
+    # the `logger` group lands at runtime.logger (never hashed); `logger=...` picks it as before
+    assert set(compose("experiment=quickstart", "logger=[tensorboard,mlflow]").runtime.logger) == {
         "tensorboard",
         "mlflow",
     }
-    assert dict(compose("experiment=quickstart", "logger=none").logger) == {}
+    assert dict(compose("experiment=quickstart", "logger=none").runtime.logger) == {}
+    assert set(base.runtime.logger) == {"tensorboard"} and "logger" not in base
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
@@ -305,11 +312,11 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("+logger.wandb.colour=red", "logger.wandb.colour: unknown setting"),
-        ("logger.wandb.mode=sideways", "logger.wandb.mode=sideways"),
-        ("eval_every=-1", "eval_every=-1"),
-        ("log_every_n_steps=0", "log_every_n_steps=0"),
-        ("logger.wandb._target_=no.such.Logger", "cannot be imported"),
+        ("+runtime.logger.wandb.colour=red", "runtime.logger.wandb.colour: unknown setting"),
+        ("runtime.logger.wandb.mode=sideways", "runtime.logger.wandb.mode=sideways"),
+        ("runtime.eval_every=-1", "runtime.eval_every=-1"),
+        ("runtime.log_every_n_steps=0", "runtime.log_every_n_steps=0"),
+        ("runtime.logger.wandb._target_=no.such.Logger", "cannot be imported"),
     ],
 )
 def test_bad_logger_settings_are_one_line(override, needle):

@@ -1,5 +1,6 @@
 """Real tiny runs of every retraining method: the per-step LR written to the run directory
-against the formulas of DESIGN.md, rewinding, ALLR's d from the saved weights, BIMP's budget."""
+against each method's formula (prune_cli/schedules.py), rewinding, ALLR's d from the saved
+weights, BIMP's budget."""
 
 from __future__ import annotations
 
@@ -68,13 +69,14 @@ def test_allr_start_matches_saved_weights(tmp_path):
     for row in rows[1:]:
         k = row["level"]
         before = torch.load(run_dir / f"checkpoints/level_{k - 1:02d}.pt")
-        mask = torch.load(run_dir / f"checkpoints/level_{k:02d}_masks.pt")
+        mask = torch.load(run_dir / f"checkpoints/level_{k:02d}_pruning.pt")["masks"]
         theta = torch.cat([before[n].flatten() for n in mask])
         theta_p = torch.cat([(before[n] * mask[n]).flatten() for n in mask])
         s = 0.2
         d1 = float((theta - theta_p).norm() / (theta.norm() * math.sqrt(s)))
         d = min(1.0, max(d1, t / T))
         assert row["d1"] == pytest.approx(d1, rel=1e-4)
+        assert row["prune"]["d1"] == pytest.approx(d1, rel=1e-4) and row["prune"]["s"] == s
         assert row["d"] == pytest.approx(d, rel=1e-4)
         assert lr_log(run_dir, k)[0][2] == pytest.approx(d * LR, rel=1e-4)
 
@@ -118,13 +120,13 @@ def test_fast_path_switches_run_and_keep_the_masks(tmp_path):
         *TINY,
         "train.epochs=2",
         "method.retrain_epochs=1",
-        "train.compile=true",
+        "runtime.compile=true",
         "train.precision=bf16",
-        "train.channels_last=true",
+        "runtime.channels_last=true",
     )
     assert [r["level"] for r in rows] == [0, 1, 2]
     assert rows[-1]["acc"] > 0.5  # it learns
     state = torch.load(tmp_path / "fast" / "checkpoints" / "level_02.pt")
-    masks = torch.load(tmp_path / "fast" / "checkpoints" / "level_02_masks.pt")
+    masks = torch.load(tmp_path / "fast" / "checkpoints" / "level_02_pruning.pt")["masks"]
     assert not any(k.startswith("_orig_mod") for k in state)  # a plain state_dict, not the wrapper
     assert all(torch.all(state[n][~m] == 0) for n, m in masks.items())

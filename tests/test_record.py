@@ -318,7 +318,7 @@ def test_every_cli_run_directory_holds_the_record(tmp_path):
         "-cd",
         str(user / "conf"),
         *QUIET,
-        f"cache_dir={tmp_path / 'cache'}",
+        f"runtime.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run}",
         "experiment=mine",
         "train.epochs=2",

@@ -14,16 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import QUIET, compose, run_inprocess
+from kills import kill_when
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from prune_cli import runner
-from prune_cli.cli import one_line
+from prune_cli.cli import error_line as one_line
 from prune_cli.distributed import PREEMPTION
 from prune_cli.store import CorruptFileError, append_row, read_rows, save_torch, write_rows
 from prune_cli.train import DivergenceError
@@ -49,7 +49,7 @@ def prune_run(cwd: Path, cache: Path, *args: str, multirun: bool = False) -> lis
         "prune_cli.cli",
         *sweep,
         *QUIET,
-        f"cache_dir={cache}",
+        f"runtime.cache_dir={cache}",
         *RUN,
         *args,
     ]
@@ -73,21 +73,6 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 def run_cli(cwd: Path, run_dir: Path, cache: Path, *args: str) -> tuple[int, str, str]:
     return finish(start(cwd, run_dir, cache, *args))
-
-
-def kill_when(proc: subprocess.Popen, moment: Callable[[], bool], what: str) -> None:
-    """SIGKILL ``proc`` at an instant where ``moment()`` holds on its (frozen) files."""
-    while proc.poll() is None:
-        if moment():
-            os.kill(proc.pid, signal.SIGSTOP)
-            if moment():  # still true now that nothing moves: this is the instant
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return
-            os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.002)
-    out, err = proc.communicate()
-    pytest.fail(f"the run ended (exit {proc.returncode}) before {what}\n{out}\n{err}")
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -114,13 +99,27 @@ def assert_same_results(ref: Path, run: Path) -> None:
     names = sorted(p.name for p in (ref / "checkpoints").iterdir())
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == names
     for name in names:
-        x = torch.load(ref / "checkpoints" / name)
-        y = torch.load(run / "checkpoints" / name)
-        assert x.keys() == y.keys(), name
-        for k in x:
-            assert torch.equal(x[k], y[k]), f"{name}: {k} differs"
+        assert_same_state(
+            torch.load(ref / "checkpoints" / name), torch.load(run / "checkpoints" / name), name
+        )
     for lr in sorted(ref.glob("lr_level_*.csv")):
         assert (run / lr.name).read_text() == lr.read_text(), lr.name
+
+
+def assert_same_state(x, y, where: str) -> None:
+    """Bit-identical tensors in the same nesting (a state_dict, a pruner's state: {"masks": ...})."""
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor) and torch.equal(x, y), f"{where} differs"
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), where
+        for k in x:
+            assert_same_state(x[k], y[k], f"{where}: {k}")
+    elif isinstance(x, list):
+        assert isinstance(y, list) and len(x) == len(y), where
+        for i, (a, b) in enumerate(zip(x, y)):
+            assert_same_state(a, b, f"{where}[{i}]")
+    else:
+        assert x == y, where
 
 
 @pytest.fixture(scope="module")
@@ -261,13 +260,22 @@ def test_preempted_submitit_job_is_requeued_and_resumes(reference, tmp_path):
     assert proc.poll() is None and len(tasks) == 1, finish(proc)
     job = jobs[0]
 
-    # signal it just after the first epoch of level 1 ended (its state saved, level not recorded)
-    def in_level_1() -> bool:
+    # signal it in the middle of an epoch of level 1 (a state saved, the level not recorded): a
+    # signal during an epoch's end is honoured with that epoch's state, so the test waits for
+    # two saves of level 1's state and signals half an epoch after the second
+    def level_1_state() -> Path | None:
         states = list(sweep.glob("*/*/train_state.pt"))
-        return bool(states) and len(rows_of(states[0].parent)) == 1
+        return states[0] if states and len(rows_of(states[0].parent)) == 1 else None
 
-    while proc.poll() is None and not in_level_1():
+    state = None
+    while proc.poll() is None and (state := level_1_state()) is None:
         time.sleep(0.002)
+    assert state is not None, finish(proc)
+    first = mtime(state)
+    while proc.poll() is None and mtime(state) in (first, -1):
+        time.sleep(0.002)
+    epoch_ns = mtime(state) - first
+    time.sleep(epoch_ns / 2e9)
     os.kill(tasks[0], signal.SIGUSR2)
     rc, out, err = finish(proc)
     assert rc == 0, out + err
@@ -294,7 +302,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes(reference, tmp_path):
 def _drop_level_2(run: Path, cache: Path) -> None:
     """The run as it was when killed during the retraining of level 2 (before its state)."""
     write_rows(run / "results.jsonl", rows_of(run)[:2])
-    for name in ("checkpoints/level_02.pt", "checkpoints/level_02_masks.pt", "lr_level_2.csv"):
+    for name in ("checkpoints/level_02.pt", "checkpoints/level_02_pruning.pt", "lr_level_2.csv"):
         (run / name).unlink()
 
 
@@ -304,10 +312,10 @@ def _level_checkpoint(run: Path, cache: Path) -> Path:
     return run / "checkpoints" / "level_01.pt"
 
 
-def _level_masks(run: Path, cache: Path) -> Path:
+def _level_pruning(run: Path, cache: Path) -> Path:
     _drop_level_2(run, cache)
-    truncate(run / "checkpoints" / "level_01_masks.pt")
-    return run / "checkpoints" / "level_01_masks.pt"
+    truncate(run / "checkpoints" / "level_01_pruning.pt")
+    return run / "checkpoints" / "level_01_pruning.pt"
 
 
 def _train_state(run: Path, cache: Path) -> Path:
@@ -348,7 +356,7 @@ def _results(run: Path, cache: Path) -> Path:
 
 CORRUPT = {
     "level checkpoint": _level_checkpoint,
-    "level masks": _level_masks,
+    "level pruning state": _level_pruning,
     "train_state.pt": _train_state,
     "dense train_state.pt": _dense_state,
     "dense final.pt": _dense_final,
@@ -479,13 +487,13 @@ class MaskWatch:
 
     def _check(self, b) -> None:
         self.checked += 1
-        self.violations += b.masks.violations()
+        self.violations += b.pruner.masks.violations()
 
     def _after_step(self, opt, args, kwargs) -> None:
         b = self.built[-1]
-        if b.masks.density() < 1:
+        if b.pruner.masks.density() < 1:
             self.level_steps += 1
-            self.moved += b.masks.violations() > 0
+            self.moved += b.pruner.masks.violations() > 0
             if self.level_steps == self.preempt_at:
                 PREEMPTION.requested = True  # as the SIGUSR2 handler does
 
@@ -523,7 +531,7 @@ METHODS = [
     ["method=allr"],
     ["method=bimp", "method.budget_epochs=5"],
     ["method=lrw", "train.precision=bf16"],
-    ["method=llr", "train.nesterov=true", "pruning.criterion=layerwise_magnitude"],
+    ["method=llr", "train.nesterov=true", "pruning=layerwise_magnitude"],
 ]
 
 
@@ -564,9 +572,9 @@ def test_a_state_saved_after_the_last_step_trains_no_more(tmp_path):
     b = runner.build(cfg)
     spe = b.steps_per_epoch
     phase = Phase("level_01", lambda x: 0.01, int(2.5 * spe), spe, 0)  # t = 2.5 epochs
-    first = train_phase(b.model, b.data, phase, cfg.train, b.masks, state_path=tmp_path / "s.pt")
+    first = train_phase(b.model, b.data, phase, cfg.train, b.pruner, state_path=tmp_path / "s.pt")
     weights = {k: v.clone() for k, v in b.model.state_dict().items()}
-    again = train_phase(b.model, b.data, phase, cfg.train, b.masks, state_path=tmp_path / "s.pt")
+    again = train_phase(b.model, b.data, phase, cfg.train, b.pruner, state_path=tmp_path / "s.pt")
     assert len(first.lr_log) == len(again.lr_log) == phase.steps
     assert all(torch.equal(weights[k], v) for k, v in b.model.state_dict().items())
     assert again.images_seen == first.images_seen

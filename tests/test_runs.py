@@ -25,7 +25,7 @@ def _start(root: Path, run_dir: Path, *args: str) -> subprocess.Popen:
         "-m",
         "prune_cli.cli",
         *QUIET,
-        f"cache_dir={root / 'cache'}",
+        f"runtime.cache_dir={root / 'cache'}",
         f"hydra.run.dir={run_dir}",
         *TINY,
         *args,
@@ -260,3 +260,49 @@ def test_diff_of_the_same_config_and_of_a_shared_dense_model(runs, tmp_path, cap
 def _diff_plain(capsys, a, b):
     assert main(["diff", str(a), str(b)]) == 0
     return None, capsys.readouterr().out.splitlines()
+
+
+def _as_format_1(run_dir: Path) -> None:
+    """Turn a run directory into what format-1 prune-cli wrote: run.json without "format", the
+    settings now under `runtime` at their old places, pruning by name (no `_target_`), and each
+    level's masks in level_XX_masks.pt instead of the pruner's state in level_XX_pruning.pt."""
+    import torch
+
+    claim = json.loads((run_dir / "run.json").read_text())
+    assert claim.pop("format") == 2
+    (run_dir / "run.json").write_text(json.dumps(claim) + "\n")
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    rt = cfg.pop("runtime")
+    for key in ("device", "threads", "progress", "cache_dir", "rerun", "logger", "eval_every"):
+        cfg[key] = rt[key]
+    cfg["log_every_n_steps"] = rt["log_every_n_steps"]
+    cfg["train"].update(compile=rt["compile"], channels_last=rt["channels_last"])
+    cfg["train"]["eval_batch_size"] = rt["eval_batch_size"]
+    p = cfg["pruning"]
+    cfg["pruning"] = {
+        "name": p["name"],
+        "criterion": "global_magnitude",
+        "rate": p["rate"],
+        "levels": p["levels"],
+        "target_sparsity": p["target_sparsity"],
+        "one_shot": False,
+        "stage_ratios": [],
+        "skip": [],
+    }
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    for state in sorted((run_dir / "checkpoints").glob("level_*_pruning.pt")):
+        masks = torch.load(state)["masks"]
+        torch.save(masks, state.with_name(state.name.replace("_pruning", "_masks")))
+        state.unlink()
+
+
+def test_a_run_of_an_earlier_prune_cli_stays_listed(runs, tmp_path, capsys):
+    """A run directory that format-1 prune-cli wrote cannot be continued (prune-run refuses
+    it), but prune-runs still reads it: complete, its levels and accuracy."""
+    old = tmp_path / "old"
+    shutil.copytree(runs["complete"], old)
+    _as_format_1(old)
+    info = run_info(old)
+    assert (info.status, info.levels_done, info.levels_total) == ("complete", 2, 2), info.detail
+    assert (info.method, info.model, info.dataset) == ("lrw", "lenet300_100", "digits")
+    assert info.acc == _rows(runs["complete"])[-1]["acc"]

@@ -23,7 +23,8 @@ from prune_cli.data import DataError
 from prune_cli.data.cifar import load_cifar10
 from prune_cli.export import main as export_main
 from prune_cli.models.cifar_resnet import cifar_resnet
-from prune_cli.pruning import Masks, prunable_parameters
+from prune_cli.pruning import MaskPruner, Network, criteria
+from prune_cli.pruning.channels import ChannelPruner, apply_channel_removal
 from prune_cli.store import (
     CorruptFileError,
     DenseCache,
@@ -37,7 +38,6 @@ from prune_cli.store import (
     write_rows,
     write_text,
 )
-from prune_cli.structured import apply_channel_removal, structured_level
 from prune_cli.train import rng_state, set_rng_state
 from tests.conftest import QUIET, TINY, compose
 
@@ -78,7 +78,14 @@ def plant(path: Path, marker: Path) -> None:
 
 def prune_run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """The real ``prune-run`` (as tests/conftest.py's ``cli`` fixture), in ``tmp``."""
-    argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"cache_dir={tmp / 'cache'}", *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "prune_cli.cli",
+        *QUIET,
+        f"runtime.cache_dir={tmp / 'cache'}",
+        *args,
+    ]
     return subprocess.run(
         argv,
         cwd=tmp,
@@ -126,7 +133,7 @@ def test_a_run_under_umask_022_is_readable_by_others(ran_under_022) -> None:
     run, (entry,) = ran_under_022 / "run", (ran_under_022 / "cache" / "dense").iterdir()
     for path in (
         run / "checkpoints" / "level_01.pt",
-        run / "checkpoints" / "level_01_masks.pt",
+        run / "checkpoints" / "level_01_pruning.pt",
         run / "results.jsonl",
         entry / "meta.json",
         entry / "final.pt",
@@ -202,14 +209,21 @@ def test_a_channel_plan_is_plain_data(tmp_path) -> None:
     model = cifar_resnet(20)
     fresh = cifar_resnet(20)
     fresh.load_state_dict(model.state_dict())
-    stats = structured_level(model, {"stage_ratios": [0.5, 0.3, 0.1], "skip": []}, (3, 32, 32))
-    plan = stats["plan"]
-    assert all(
+    pruner = ChannelPruner(
+        "l1_filter", criteria.l1_filter, [0.5, 0.3, 0.1], [], measure_inference=False
+    )
+    pruner.attach(Network(model, [3, 32, 32], lambda: cifar_resnet(20)))
+    pruner.prune(1, torch.Generator().manual_seed(0))
+    state = pruner.state_dict()
+    (plan,) = state["plans"]
+    assert plan and all(
         isinstance(k, str) and isinstance(v, list) and all(type(i) is int for i in v)
         for k, v in plan.items()
     )
-    save_torch(plan, tmp_path / "level_01_plan.pt")
-    apply_channel_removal(fresh, load_torch(tmp_path / "level_01_plan.pt"), (3, 32, 32))
+    save_torch(state, tmp_path / "level_01_pruning.pt")
+    loaded = load_torch(tmp_path / "level_01_pruning.pt")  # weights_only: plain data loads
+    assert loaded == state
+    apply_channel_removal(fresh, loaded["plans"][0], (3, 32, 32))
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
@@ -321,29 +335,40 @@ def test_garbage_results_file_through_prune_run_is_one_line(tmp_path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _masks() -> Masks:
-    return Masks(prunable_parameters(cifar_resnet(20)))
+def _pruner() -> MaskPruner:
+    pruner = MaskPruner("global_magnitude", criteria.magnitude, rate=0.2, levels=1)
+    pruner.attach(Network(cifar_resnet(20), [3, 32, 32], lambda: cifar_resnet(20)))
+    return pruner
 
 
 @pytest.mark.parametrize(
     ("damage", "needle"),
     [
-        (lambda s: list(s.values()), "a list, not a dict"),
-        (lambda s: {k: v.float() for k, v in s.items()}, "torch.float32, not a bool tensor"),
-        (lambda s: {k: v[:1] for k, v in s.items()}, "has shape"),
-        (lambda s: dict(list(s.items())[1:]), "no mask for conv1.weight"),
-        (lambda s: {**s, "extra.weight": torch.ones(1, dtype=torch.bool)}, "unknown names"),
-        (lambda s: {k: 1 for k in s}, "is int"),
+        (lambda s: list(s.values()), "not the pruning state of this run (no masks)"),
+        (lambda s: {"plans": [s]}, "not the pruning state of this run (no masks)"),
+        (lambda s: {"masks": list(s["masks"].values())}, "a list, not a dict"),
+        (
+            lambda s: {"masks": {k: v.float() for k, v in s["masks"].items()}},
+            "torch.float32, not a bool tensor",
+        ),
+        (lambda s: {"masks": {k: v[:1] for k, v in s["masks"].items()}}, "has shape"),
+        (lambda s: {"masks": dict(list(s["masks"].items())[1:])}, "no mask for conv1.weight"),
+        (
+            lambda s: {"masks": {**s["masks"], "extra.weight": torch.ones(1, dtype=torch.bool)}},
+            "unknown names",
+        ),
+        (lambda s: {"masks": {k: 1 for k in s["masks"]}}, "is int"),
     ],
-    ids=["list", "floats", "shape", "missing", "extra", "not tensors"],
+    ids=["list", "plans", "masks list", "floats", "shape", "missing", "extra", "not tensors"],
 )
 def test_masks_of_the_wrong_type_are_one_line_naming_the_file(tmp_path, damage, needle) -> None:
-    path = tmp_path / "level_01_masks.pt"
-    save_torch(damage(_masks().state_dict()), path)
-    masks = _masks()
+    path = tmp_path / "level_01_pruning.pt"
+    save_torch(damage(_pruner().state_dict()), path)
+    pruner = _pruner()
+    masks = pruner.masks
     before = [m.clone() for m in masks.tensors]
     with pytest.raises(CorruptFileError) as e:
-        masks.load_state_dict(load_torch(path), source=path)
+        pruner.load_state_dict(load_torch(path), source=path)
     line = one_line(str(e.value))
     assert str(path) in line and needle in line
     assert all(torch.equal(a, b) for a, b in zip(before, masks.tensors))  # nothing changed
@@ -359,20 +384,21 @@ def _export_run(tmp_path: Path) -> Path:
     (root / "checkpoints").mkdir(parents=True)
     cfg = compose("model=resnet20", "dataset=synthetic")
     (root / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    model = cifar_resnet(20)
-    save_torch(model.state_dict(), root / "checkpoints" / "level_00.pt")
-    save_torch(
-        Masks(prunable_parameters(model)).state_dict(), root / "checkpoints" / "level_00_masks.pt"
-    )
+    pruner = _pruner()
+    save_torch(pruner.net.model.state_dict(), root / "checkpoints" / "level_00.pt")
+    save_torch(pruner.state_dict(), root / "checkpoints" / "level_00_pruning.pt")
     return root
 
 
-@pytest.mark.parametrize("damage", ["truncated", "planted", "masks list", "foreign"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "planted", "masks list", "masks in a list", "pruning planted", "foreign"],
+)
 def test_export_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys, damage) -> None:
     root = _export_run(tmp_path)
     weights, masks = (
         root / "checkpoints" / "level_00.pt",
-        root / "checkpoints" / "level_00_masks.pt",
+        root / "checkpoints" / "level_00_pruning.pt",
     )
     marker = tmp_path / "PWNED"
     bad = weights
@@ -382,6 +408,12 @@ def test_export_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys, damage) ->
         plant(weights, marker)
     elif damage == "masks list":
         save_torch([1, 2, 3], masks)
+        bad = masks
+    elif damage == "masks in a list":
+        save_torch({"masks": [1, 2, 3]}, masks)
+        bad = masks
+    elif damage == "pruning planted":
+        plant(masks, marker)
         bad = masks
     else:
         save_torch({"fc.weight": torch.zeros(3, 3)}, weights)

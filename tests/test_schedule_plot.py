@@ -9,7 +9,15 @@ import matplotlib.image
 import pytest
 from matplotlib.colors import to_hex
 
-from prune_cli.plot_schedules import LABELS, coinciding, curves, plot
+from prune_cli.plot_schedules import (
+    LABELS,
+    authors_curves,
+    coinciding,
+    curves,
+    max_difference,
+    plot,
+    plot_authors,
+)
 from prune_cli.report.style import METHODS
 
 
@@ -74,3 +82,46 @@ def test_command_writes_a_png(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "method.warmup_fraction" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "paper,overrides,methods",
+    [
+        ("lehua2021", ["method.retrain_epochs=40"], ["ft", "lrw", "slr", "clr"]),
+        # with a budget (T0 = 150, B = 200, L = 5: t = 10), BIMP too
+        ("zimmer2023", ["experiment=bimp"], ["ft", "lrw", "slr", "clr", "llr", "allr", "bimp"]),
+    ],
+)
+def test_authors_option_draws_each_preset_beside_the_authors_code(paper, overrides, methods):
+    from prune_cli.cli import _compose
+
+    data = authors_curves(["model=resnet56", *overrides], paper, steps_per_epoch=4, d1=0.3, s=0.2)
+    assert list(data) == methods
+    for name, d in data.items():
+        assert len(d["ours"]) == len(d["theirs"]) == d["t"] * 4
+        assert max_difference(d["ours"], d["theirs"]) <= 1e-9, name
+        assert max_difference(d["ours_momentum"], d["theirs_momentum"]) <= 1e-9, name
+    assert (data["clr"]["theirs_momentum"] is not None) == (paper == "lehua2021")
+    fig = plot_authors(data, _compose("config", None, ["model=resnet56", *overrides]), paper)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == len(methods)
+    assert all(
+        ax.get_title().startswith(METHODS[m].label + ": max |ΔLR|") for ax, m in zip(shown, methods)
+    )
+    assert all([line.get_linestyle() for line in ax.get_lines()] == ["-", "--"] for ax in shown)
+
+
+def test_authors_option_of_the_command(tmp_path, capsys):
+    from prune_cli.plot_schedules import main
+
+    out = tmp_path / "authors.png"
+    main(["--authors", "lehua2021", "--steps-per-epoch", "4", "--out", str(out), "model=resnet20"])
+    assert matplotlib.image.imread(out).shape[1] > 800
+    with pytest.raises(SystemExit) as e:
+        main(["--authors", "renda2020"])
+    assert e.value.code == 2 and "--authors" in capsys.readouterr().err
+    # the authors' code runs whole epochs only: one line, exit 2
+    with pytest.raises(SystemExit) as e:
+        main(["--authors", "zimmer2023", "model=resnet20", "method.retrain_epochs=2.5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "whole epochs" in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""Structured L1 filter pruning: the plan, real channel removal, costs, equivalence, training."""
+"""Structured L1 filter pruning (ChannelPruner): the plan, real channel removal, costs,
+equivalence, training, the pruner's state and statistics."""
 
 from __future__ import annotations
 
@@ -6,28 +7,56 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import compose
 from torch import nn
 
-from prune_cli.config import CONF_DIR, ConfigError
 from prune_cli.costs import count_flops, param_counts
+from prune_cli.errors import ConfigError, CorruptFileError
 from prune_cli.models.cifar_resnet import resnet20, resnet56, resnet110
 from prune_cli.models.vgg import cifar_vgg
-from prune_cli.structured import (
+from prune_cli.pruning import Network, ScoreContext, build_pruner, criteria
+from prune_cli.pruning.channels import (
+    ChannelPruner,
     apply_channel_removal,
-    filter_l1_scores,
+    filter_counts,
     measure_inference,
-    plan_l1_filter,
+    plan_filters,
     prunable_convs,
-    structured_level,
 )
 
 SHAPE = (3, 32, 32)
 
 
 def preset(name: str):
-    """A pruning preset exactly as conf/ holds it."""
-    return OmegaConf.load(CONF_DIR / "pruning" / f"{name}.yaml")
+    """A pruning preset as prune-run composes it (conf/pruning/<name>.yaml with its defaults)."""
+    return compose(f"pruning={name}").pruning
+
+
+def filter_l1_scores(conv: nn.Module) -> torch.Tensor:
+    """The l1_filter criterion's scores of one conv."""
+    ctx = ScoreContext(targets={"c": conv}, model=conv, generator=torch.Generator())
+    return criteria.l1_filter(ctx)["c"]
+
+
+def plan_l1_filter(model: nn.Module, ratios, skip, shape) -> dict[str, torch.Tensor]:
+    """The L1 filter plan of ``model`` (channels.plan_filters with the l1_filter criterion)."""
+
+    def scores(convs):
+        return criteria.l1_filter(
+            ScoreContext(targets=convs, model=model, generator=torch.Generator())
+        )
+
+    return plan_filters(model, scores, list(ratios), list(skip), shape)
+
+
+def channel_pruner(model: nn.Module, ratios, skip=(), measure: bool = False, **kw) -> ChannelPruner:
+    """An L1 filter ChannelPruner attached to ``model`` (a fresh one is built like it)."""
+    pruner = ChannelPruner(
+        "l1_filter", criteria.l1_filter, list(ratios), list(skip), measure_inference=measure, **kw
+    )
+    dense = copy.deepcopy(model)
+    pruner.attach(Network(model, list(SHAPE), lambda: copy.deepcopy(dense)))
+    return pruner
 
 
 def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -192,38 +221,105 @@ def test_vgg_every_conv_is_prunable_and_the_classifier_follows() -> None:
         torch.testing.assert_close(model(x), masked(x), rtol=1e-4, atol=1e-5)
 
 
-def test_structured_level_reports_its_statistics() -> None:
+def test_channel_pruner_reports_its_statistics() -> None:
     torch.manual_seed(0)
-    model = resnet20()
+    model = randomized(resnet20())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = OmegaConf.create({"stage_ratios": [0.5, 0.25, 0.0], "skip": []})
-    stats = structured_level(model, cfg, SHAPE)
+    pruner = channel_pruner(model, [0.5, 0.25, 0.0])
+    stats = pruner.prune(1, torch.Generator().manual_seed(0))
     assert stats["removed"] == {
         f"layer{s}.{b}.conv1": r for s, r in ((1, 8), (2, 8)) for b in range(3)
     }
     assert stats["params_after"] == param_counts(model)["total_params"] < stats["params_before"]
     assert stats["flops_after"] == count_flops(model, SHAPE)["total"] < stats["flops_before"]
-    # d1 from the removed weights themselves
+    assert "inference" not in stats  # measure_inference=False
+    # the pruner's state is the plan it applied, and its masks cover the smaller weights
+    (plan,) = pruner.state_dict()["plans"]
+    assert {k: len(v) for k, v in plan.items()} == stats["removed"]
+    assert (
+        pruner.masks.alive()
+        == pruner.masks.total()
+        == sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    )
+    # d1 from the removed weights themselves: conv/linear weights (d1), every weight and bias
+    # (d1_all: the removed filters' BN weight and bias too)
     removed_sq, total_sq, removed_n, total_n = 0.0, 0.0, 0, 0
+    removed_all, total_all = 0.0, 0.0
     for name, w in before.items():
+        module, kind = name.rsplit(".", 1)
+        if kind in ("weight", "bias"):
+            total_all += float(w.pow(2).sum())
+        if module.endswith("bn1") and module.replace("bn1", "conv1") in plan:
+            removed_all += float(w[plan[module.replace("bn1", "conv1")]].pow(2).sum())
         if w.dim() < 2:
             continue
         total_sq, total_n = total_sq + float(w.pow(2).sum()), total_n + w.numel()
-        module = name.removesuffix(".weight")
-        if module.endswith("conv1") and module in stats["plan"]:
-            gone = w[stats["plan"][module]]
-        elif module.endswith("conv2") and module.replace("conv2", "conv1") in stats["plan"]:
-            gone = w[:, stats["plan"][module.replace("conv2", "conv1")]]
+        if module.endswith("conv1") and module in plan:
+            gone = w[plan[module]]
+        elif module.endswith("conv2") and module.replace("conv2", "conv1") in plan:
+            gone = w[:, plan[module.replace("conv2", "conv1")]]
         else:
             continue
         removed_sq, removed_n = removed_sq + float(gone.pow(2).sum()), removed_n + gone.numel()
+        removed_all += float(gone.pow(2).sum())
     assert stats["s"] == pytest.approx(removed_n / total_n)
+    assert stats["density"] == pytest.approx(1 - removed_n / total_n)
     assert stats["d1"] == pytest.approx((removed_sq / total_sq / stats["s"]) ** 0.5, rel=1e-4)
+    assert stats["d1_all"] == pytest.approx((removed_all / total_all / stats["s"]) ** 0.5, rel=1e-4)
+
+
+def test_channel_pruner_state_replays_and_rewinds(dense56) -> None:
+    """load_state_dict replays the saved plans on a dense model (resume); rewind loads a dense
+    snapshot into the pruned network, cut by the same plans (weight rewinding); levels > 1
+    prune the smaller network again."""
+    model = copy.deepcopy(dense56)
+    pruner = channel_pruner(model, [0.5, 0.25, 0.0], levels=2)
+    pruner.prune(1, torch.Generator().manual_seed(1))
+    pruner.prune(2, torch.Generator().manual_seed(2))
+    state = pruner.state_dict()
+    assert len(state["plans"]) == 2
+    assert model.layer1.get_submodule("0").conv1.out_channels == 4  # 16 -> 8 -> 4
+    other = channel_pruner(copy.deepcopy(dense56), [0.5, 0.25, 0.0], levels=2)
+    other.load_state_dict(state)
+    assert {k: v.shape for k, v in other.net.model.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert other.state_dict() == state and other.masks.total() == pruner.masks.total()
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():  # the same channels were kept (nothing trained in between)
+        torch.testing.assert_close(other.net.model(x), model(x))
+        for p in model.parameters():
+            p.add_(0.1)
+    # rewinding: the dense weights at the kept channels
+    pruner.rewind(dense56.state_dict())
+    replayed = copy.deepcopy(dense56)
+    for plan in state["plans"]:
+        apply_channel_removal(replayed, plan, SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), replayed(x))
+    with pytest.raises(CorruptFileError, match="f.pt: not the channel plans of this run"):
+        other.load_state_dict({"masks": {}}, source="f.pt")
+    with pytest.raises(CorruptFileError, match="f.pt: channel plans that do not extend"):
+        other.load_state_dict({"plans": [{"layer1.0.conv1": [0]}]}, source="f.pt")
+    fresh = channel_pruner(resnet20(), [0.5, 0.25, 0.0])
+    with pytest.raises(CorruptFileError, match="f.pt: not a channel plan of this model"):
+        fresh.load_state_dict({"plans": [{"layer9.0.conv1": [0]}]}, source="f.pt")
+
+
+def test_l1_filter_presets_build_channel_pruners() -> None:
+    pruner = build_pruner(preset("l1_filter_resnet56_a"))
+    assert isinstance(pruner, ChannelPruner)
+    assert pruner.name == "l1_filter_resnet56_a" and pruner.criterion_label == "l1_filter"
+    assert pruner.levels == 1 and pruner.stage_ratios == [0.1, 0.1, 0.1]
+    assert pruner.skip == ["layer1.7.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer3.8.conv1"]
+    counts = filter_counts(resnet56(), pruner.stage_ratios, pruner.skip, SHAPE)
+    assert len(counts) == 27 - 4 and counts["layer1.0.conv1"] == 2  # 16 -> floor(14.4) = 14
 
 
 def test_measure_inference_of_resnet56_b(dense56) -> None:
     pruned = copy.deepcopy(dense56)
-    structured_level(pruned, preset("l1_filter_resnet56_b"), SHAPE)
+    cfg = preset("l1_filter_resnet56_b")
+    channel_pruner(pruned, cfg.stage_ratios, cfg.skip).prune(1, torch.Generator())
     pruned.train()
     r = measure_inference(dense56, pruned, SHAPE, batch_size=32, device="cpu", warmup=2, repeats=5)
     print(

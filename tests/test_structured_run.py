@@ -17,7 +17,7 @@ SMALL = [
     "pruning=l1_filter",
     "pruning.stage_ratios=[0.5,0.25,0.25]",
     "pruning.levels=2",
-    "device=cpu",
+    "runtime.device=cpu",
 ]
 
 
@@ -28,12 +28,20 @@ def test_l1_filter_levels_shrink_the_network_and_resume(tmp_path):
     assert rows[2]["total_params"] < rows[1]["total_params"] < rows[0]["total_params"]
     assert rows[2]["flops"] < rows[1]["flops"] < rows[0]["dense_flops"]
     assert rows[1]["theoretical_speedup"] > 1.0
+    assert {(r["pruning"], r["criterion"], r["one_shot"]) for r in rows} == {
+        ("l1_filter", "l1_filter", False)
+    }
     inf = rows[1]["prune"]["inference"]
     assert inf["dense_ms"] > 0 and inf["pruned_ms"] > 0  # measured, not asserted faster
-    # the checkpoint is the smaller architecture; its plan is saved beside it
+    # the checkpoint is the smaller architecture; the pruner's state (the channel plans of the
+    # levels so far) is saved beside it
     state = torch.load(run_dir / "checkpoints/level_01.pt")
     assert state["layer1.0.conv1.weight"].shape[0] == 8  # 16 filters at ratio 0.5
-    assert (run_dir / "checkpoints/level_01_plan.pt").exists()
+    pruning = torch.load(run_dir / "checkpoints/level_01_pruning.pt")
+    assert [len(p["layer1.0.conv1"]) for p in pruning["plans"]] == [8]
+    assert len(torch.load(run_dir / "checkpoints/level_02_pruning.pt")["plans"]) == 2
+    assert not (run_dir / "checkpoints/level_01_plan.pt").exists()
+    assert not (run_dir / "checkpoints/level_01_masks.pt").exists()
 
     # drop the last level and run again: it resumes on the smaller network from level 1
     lines = (run_dir / "results.jsonl").read_text().splitlines()

@@ -16,8 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import compose
 
-from prune_cli.cli import _compose, _jobs, prevalidate
+from prune_cli.cli import _jobs, prevalidate
 from prune_cli.config import retrain_epochs
 from prune_cli.runner import rewind_epochs
 from prune_cli.store import dense_hash
@@ -59,8 +60,8 @@ def _argv(root: Path, *args: str) -> list[str]:
         "-m",
         "prune_cli.cli",
         *flags,
-        "progress=false",
-        f"cache_dir={root / 'cache'}",
+        "runtime.progress=false",
+        f"runtime.cache_dir={root / 'cache'}",
         *overrides,
     ]
 
@@ -188,13 +189,12 @@ def test_two_jobs_started_together_train_one_dense_model(tmp_path):
 def test_jobs_waiting_on_a_dense_model_in_training_train_it_once(tmp_path):
     """Deterministic version of the above: the test holds the entry's lock (as a job training it
     would) until both jobs have logged that they wait; then exactly one of them trains."""
-    from conftest import compose
     from filelock import FileLock
 
     from prune_cli.store import DenseCache, dense_hash
 
     common = [*TINY, "method.retrain_epochs=1", "seed=0"]
-    key = dense_hash(compose(*common, f"cache_dir={tmp_path / 'cache'}"))
+    key = dense_hash(compose(*common, f"runtime.cache_dir={tmp_path / 'cache'}"))
     lock = FileLock(str(DenseCache(tmp_path / "cache", key).dir / ".lock"))
     (tmp_path / "cache" / "dense" / key).mkdir(parents=True)
     lock.acquire()
@@ -309,7 +309,7 @@ def test_renda_presets_share_one_dense_model_per_seed(name, preset_checks):
     for future in preset_checks.values():
         future.result()
     jobs = [j for j in _jobs(["-m", f"experiment={name}"])[0] if "seed=0" in j]
-    cfgs = [_compose("config", None, j) for j in jobs]
+    cfgs = [compose(*j) for j in jobs]
     assert len({dense_hash(c) for c in cfgs}) == 1
     kept = {tuple(c.train.snapshot_epochs) for c in cfgs}
     assert len(kept) == 1

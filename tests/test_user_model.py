@@ -1,4 +1,5 @@
-"""A user's own model from their own config directory, as the README shows."""
+"""A user's own model, and a user's own pruning criterion, from their own config directory, as
+the README shows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "user_model"
+CRITERION = Path(__file__).parent.parent / "examples" / "user_criterion"
 
 
 def test_user_model_from_own_config_dir(tmp_path):
@@ -24,8 +26,8 @@ def test_user_model_from_own_config_dir(tmp_path):
         "model=tiny_convnet",
         "train.epochs=2",
         "pruning.levels=2",
-        "progress=false",
-        f"cache_dir={tmp_path / 'cache'}",
+        "runtime.progress=false",
+        f"runtime.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,7 +36,8 @@ def test_user_model_from_own_config_dir(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [r["model"] for r in rows] == ["tiny_convnet"] * 3
     assert rows[-1]["density"] < 0.65
-    masks = __import__("torch").load(tmp_path / "run" / "checkpoints" / "level_02_masks.pt")
+    state = __import__("torch").load(tmp_path / "run" / "checkpoints" / "level_02_pruning.pt")
+    masks = state["masks"]
     assert "classifier.weight" not in masks and "features.0.weight" in masks  # exclusion honoured
 
     bad = subprocess.run(
@@ -47,3 +50,25 @@ def test_user_model_from_own_config_dir(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "nowhere.Net" in bad.stderr
+
+
+def test_user_criterion_from_own_config_dir(tmp_path):
+    """examples/user_criterion: one score function and one pruning YAML (global ranking of its
+    scores, the rate and levels of global_magnitude) prune a quick-start run."""
+    shutil.copytree(CRITERION, tmp_path / "user")
+    argv = [
+        *[sys.executable, "-m", "prune_cli.cli", "-cd", "conf", "experiment=quickstart"],
+        *["pruning=taylor_weight", "train.epochs=2", "pruning.levels=2", "runtime.progress=false"],
+        f"runtime.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        argv, cwd=tmp_path / "user", capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [(r["pruning"], r["criterion"]) for r in rows] == [
+        ("taylor_weight", "global_taylor_weight")
+    ] * 3
+    assert rows[1]["prune"]["s"] == 0.2 and abs(rows[2]["density"] - 0.64) < 1e-3

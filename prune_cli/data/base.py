@@ -10,9 +10,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-
-class DataError(Exception):
-    """A dataset cannot be found, fetched or read; the message is one line naming what failed."""
+from prune_cli.errors import DataError
 
 
 @dataclass
@@ -48,7 +46,12 @@ class ArrayDataset:
 
 @runtime_checkable
 class BatchSource(Protocol):
-    """What the training loop needs from a data source (DeviceData, or e.g. an ImageNet loader)."""
+    """What the training loop needs from a data source (DeviceData, or e.g. an ImageNet loader).
+
+    A source that can hold out a validation split also has ``n_val`` (0 until split),
+    ``hold_out(fraction, split, seed)`` and ``val_batches(batch_size)`` (like ``test_batches``);
+    :func:`prune_cli.data.build_data` refuses ``dataset.val_fraction`` for a source without them.
+    """
 
     name: str
     num_classes: int
@@ -127,6 +130,71 @@ def global_steps(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
+# ----------------------------------------------------------------------------------------------
+# The validation split: a held-out part of the training set
+# ----------------------------------------------------------------------------------------------
+
+SPLITS = ("stratified", "random")
+"""How :func:`split_indices` draws the held-out part (``dataset.split``)."""
+
+
+def holdout_size(n: int, fraction: float) -> int:
+    """How many of ``n`` training samples a ``fraction`` holds out: ``n - int((1 - fraction) * n)``
+    (Zimmer et al.'s ``train_size = int(0.9 * n)``, the rest validation)."""
+    return n - int((1.0 - fraction) * n)
+
+
+def split_indices(
+    labels: torch.Tensor, fraction: float, split: str = "stratified", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)``: int64 index tensors into ``labels`` (the training set's, CPU) that hold
+    out :func:`holdout_size` samples for validation, a pure function of (labels, fraction, split,
+    seed); disjoint, and together every index once.
+
+    ``random``: exactly ``torch.utils.data.random_split(range(n), [n - v, v],
+    generator=torch.Generator().manual_seed(seed))`` (the indices in that order), so that a
+    paper's split is reproduced. ``stratified``: each class keeps its share of the held-out part
+    (class quotas rounded by largest remainder, ties to the smaller label; a class's samples
+    drawn in a seeded permutation), indices in increasing order. Values no split can honour
+    raise :class:`DataError` naming ``dataset.val_fraction`` or ``dataset.split``.
+    """
+    n = int(labels.shape[0])
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"dataset.val_fraction={fraction}: must be in (0, 1) to hold out samples")
+    if split not in SPLITS:
+        raise DataError(f"dataset.split={split}: expected {' or '.join(SPLITS)}")
+    v = holdout_size(n, fraction)
+    if v < 1 or v >= n:
+        which = "no sample" if v < 1 else "every sample"
+        raise DataError(
+            f"dataset.val_fraction={fraction}: holds out {which} of the {n} training samples"
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    if split == "random":
+        perm = torch.randperm(n, generator=g)  # what random_split draws
+        return perm[: n - v], perm[n - v :]
+    classes, counts = torch.unique(labels.cpu(), sorted=True, return_counts=True)
+    quota = [c * v / n for c in counts.tolist()]
+    take = [math.floor(q) for q in quota]
+    by_remainder = sorted(range(len(take)), key=lambda i: (take[i] - quota[i], i))
+    for i in by_remainder[: v - sum(take)]:
+        take[i] += 1
+    for c, k, t in zip(classes.tolist(), counts.tolist(), take):
+        if t >= k:
+            raise DataError(
+                f"dataset.val_fraction={fraction}: the stratified split leaves class {c} no"
+                f" training sample (it has {k}); hold out less or use dataset.split=random"
+            )
+    # the samples of each class in index order, classes in label order
+    by_class = torch.split(torch.argsort(labels.cpu(), stable=True), counts.tolist())
+    train, val = [], []
+    for members, t in zip(by_class, take):
+        drawn = members[torch.randperm(len(members), generator=g)]
+        val.append(drawn[:t])
+        train.append(drawn[t:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
 class DeviceData:
     """Device-resident batches: the whole set lives on `device` as uint8; batches are cut by index
     and augmented there (random crop with `pad` pixels of zero padding + horizontal flip), no workers."""
@@ -160,7 +228,22 @@ class DeviceData:
         self.y_train = data.y_train.to(self.device)
         self.x_test = data.x_test.to(self.device).contiguous()
         self.y_test = data.y_test.to(self.device)
+        # the held-out validation part of the training set (none until hold_out)
+        self.n_val = 0
+        self.x_val = self.x_train[:0]
+        self.y_val = self.y_train[:0]
         self._scale, self._shift = normalization(data.mean, data.std, self.device)
+
+    def hold_out(self, fraction: float, split: str = "stratified", seed: int = 0) -> None:
+        """Hold out part of the training set for validation (:func:`split_indices`): the
+        training batches come from the rest only, :meth:`val_batches` yields the held-out part."""
+        if self.n_val:
+            raise ValueError(f"{self.name}: a validation split is already held out")
+        train, val = split_indices(self.y_train.cpu(), fraction, split, seed)
+        train, val = train.to(self.device), val.to(self.device)
+        self.x_val, self.y_val = self.x_train[val].contiguous(), self.y_train[val]
+        self.x_train, self.y_train = self.x_train[train].contiguous(), self.y_train[train]
+        self.n_train, self.n_val = int(train.numel()), int(val.numel())
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of global batches in one epoch: ceil(n_train / batch_size)."""
@@ -205,8 +288,18 @@ class DeviceData:
     def test_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the whole test set in order, normalized, without augmentation (every rank sees
         all of it)."""
+        return self._in_order(self.x_test, self.y_test, batch_size)
+
+    def val_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the held-out validation part like the test set: in order, normalized, without
+        augmentation, all of it on every rank (empty without :meth:`hold_out`)."""
+        return self._in_order(self.x_val, self.y_val, batch_size)
+
+    def _in_order(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
-        for start in range(0, self.n_test, batch_size):
+        for start in range(0, y.shape[0], batch_size):
             stop = start + batch_size
-            yield self._normalize(self.x_test[start:stop]), self.y_test[start:stop]
+            yield self._normalize(x[start:stop]), y[start:stop]

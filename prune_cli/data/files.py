@@ -10,7 +10,9 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from prune_cli.data.base import DataError
+from prune_cli.errors import DataError, one_line
+
+__all__ = ["DataError", "one_line"]
 
 DOWNLOAD_TIMEOUT_S = 30.0
 
@@ -114,9 +116,3 @@ def extract_tar(archive: Path, member_dir: str, dest_root: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def one_line(e: BaseException) -> str:
-    """`e` as a single line for error messages."""
-    text = str(e).replace("\n", " ").strip()
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__

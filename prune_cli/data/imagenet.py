@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
-from prune_cli.data.base import DataError, global_steps, normalization
+from prune_cli.data.base import DataError, global_steps, normalization, split_indices
 from prune_cli.data.files import one_line
 
 MEAN = (0.485, 0.456, 0.406)
@@ -28,17 +28,23 @@ STD = (0.229, 0.224, 0.225)
 
 class _SeededImages(Dataset):
     """An ImageFolder whose items are looked up as `index` or `(index, seed)`; with a seed the
-    random transform runs under that seed, leaving the caller's global RNG untouched."""
+    random transform runs under that seed, leaving the caller's global RNG untouched. With
+    `indices`, item `i` is the folder's sample `indices[i]` (a part of the folder)."""
 
-    def __init__(self, folder: datasets.ImageFolder, transform: Any) -> None:
+    def __init__(
+        self, folder: datasets.ImageFolder, transform: Any, indices: list[int] | None = None
+    ) -> None:
         self.folder = folder
         self.transform = transform
+        self.indices = indices
 
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.folder) if self.indices is None else len(self.indices)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if self.indices is not None:
+            index = self.indices[index]
         path, target = self.folder.samples[index]
         image = self.folder.loader(path)
         if seed is None:
@@ -163,7 +169,21 @@ class ImageFolderSource:
         self.n_train, self.n_test = len(train), len(val)
         self.train_set = _SeededImages(train, train_transform(image_size, augment, crop_fraction))
         self.test_set = _SeededImages(val, eval_transform(image_size, crop_fraction))
+        self.n_val = 0  # the held-out part of train/ (none until hold_out)
+        self.val_set = _SeededImages(train, self.test_set.transform, [])
         self._scale, self._shift = normalization(MEAN, STD, self.device)
+
+    def hold_out(self, fraction: float, split: str = "stratified", seed: int = 0) -> None:
+        """Hold out part of `train/`'s samples for validation (:func:`split_indices` of their
+        class labels): training draws from the rest only, :meth:`val_batches` yields the held-out
+        samples with the evaluation transform."""
+        if self.n_val:
+            raise ValueError(f"{self.root}: a validation split is already held out")
+        folder = self.train_set.folder
+        train, val = split_indices(torch.tensor(folder.targets), fraction, split, seed)
+        self.train_set = _SeededImages(folder, self.train_set.transform, train.tolist())
+        self.val_set = _SeededImages(folder, self.test_set.transform, val.tolist())
+        self.n_train, self.n_val = len(self.train_set), len(self.val_set)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of global batches in one epoch: ceil(n_train / batch_size)."""
@@ -206,9 +226,21 @@ class ImageFolderSource:
     def test_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the whole validation set in order with the evaluation transform (every rank sees
         all of it)."""
+        return self._in_order(self.test_set, batch_size)
+
+    def val_batches(self, batch_size: int = 1024) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the held-out part of `train/` like the validation set (in order, evaluation
+        transform, all of it on every rank; empty without :meth:`hold_out`)."""
+        return self._in_order(self.val_set, batch_size)
+
+    def _in_order(
+        self, dataset: Dataset, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
-        for x, y in self._loader(self.test_set, 0, batch_size=batch_size, shuffle=False):
+        if len(dataset) == 0:
+            return
+        for x, y in self._loader(dataset, 0, batch_size=batch_size, shuffle=False):
             yield self._to_device(x, y)
 
 

@@ -4,6 +4,11 @@
 function would shadow its own module).
 """
 
+from typing import Any
+
+from torch import nn
+
+from prune_cli.errors import ConfigError, first_line, import_object
 from prune_cli.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
@@ -23,6 +28,7 @@ __all__ = [
     "CifarVGG",
     "LeNet300100",
     "PadShortcut",
+    "build_model",
     "cifar_vgg",
     "resnet20",
     "resnet32",
@@ -30,3 +36,31 @@ __all__ = [
     "resnet56",
     "resnet110",
 ]
+
+
+def build_model(net: Any) -> nn.Module:
+    """The model a ``model.net`` node describes (``_target_`` and its arguments), on the CPU.
+
+    The one place prune-cli builds a model (runs, checks, export): a target that cannot be
+    imported or built is a :class:`~prune_cli.errors.ConfigError` naming ``model.net``.
+    """
+    from hydra.utils import instantiate
+
+    target = net.get("_target_") if net is not None else None
+    if not target:
+        raise ConfigError("model.net._target_: missing; name a model class or function")
+    try:
+        import_object(str(target))
+    except ImportError as e:
+        raise ConfigError(f"model.net._target_={target}: cannot be imported ({e})") from e
+    try:
+        model = instantiate(net)
+    except Exception as e:  # noqa: BLE001 - instantiate wraps argument errors and the model's own
+        raise ConfigError(
+            f"model.net: cannot build {target} ({first_line(e.__cause__ or e)})"
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.net._target_={target}: returned {type(model).__name__}, not a torch module"
+        )
+    return model

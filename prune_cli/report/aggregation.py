@@ -2,7 +2,10 @@
 
 A run's ``results.jsonl`` has one row per level. Rows are grouped by ``GROUP_KEYS`` and density
 (three significant digits) and summarised over seeds; the accuracy change of a row is its metric
-minus the dense (level 0) ``acc`` of the same run, in percentage points.
+minus the dense (level 0) ``acc`` of the same run, in percentage points. Each row's training
+budget (``budget_epochs``, ``budget_images``) is what its run spent up to that level: the dense
+training plus every level's retraining, counted for every run, also where runs share their
+dense model.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ BLOCK_KEYS = ("model", "dataset", "pruning", "criterion", "one_shot")
 GROUP_KEYS = (*BLOCK_KEYS, "method", "retrain_epochs", "level")
 METRICS = ("acc", "acc_after_prune")
 STATS = ("mean", "std", "median", "min", "max")
-# Filled by references.match_reference when --reference is given, empty otherwise.
-REFERENCE_COLUMNS = ("reference", "reference_acc", "reference_delta_pp", "reference_compression")
+BUDGET_COLUMNS = ("budget_epochs", "budget_images")
+# Per reference NAME, references.match_reference adds the columns reference_NAME_FIELD.
+REFERENCE_FIELDS = ("acc", "std", "delta_pp", "compression", "t", "cell")
 # The first component of these module names is a network's classifier: drawn after the body.
 HEAD_NAMES = ("fc", "classifier", "head", "linear", "output", "out", "logits")
 
@@ -105,22 +109,60 @@ def load_runs(dirs: Sequence[Path]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _number(value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def add_budget(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with what its run spent on training up to its level (new dicts).
+
+    ``budget_epochs``: the dense epochs (level 0's ``epochs``) plus the retrain epochs of every
+    level up to this one; ``budget_images``: the same in images (``images_seen``). A run is its
+    ``run`` (else ``config_hash``); its dense training counts in full for it, also when other
+    runs share that dense model. NaN where a term is unknown (a row without ``epochs`` or
+    ``images_seen``, a missing level).
+    """
+    rows = [dict(r) for r in rows]
+    by_run: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(r.get("run", r.get("config_hash")), []).append(r)
+    for run_rows in by_run.values():
+        epochs = images = math.nan
+        previous = None
+        for r in sorted(run_rows, key=lambda r: int(r["level"])):
+            level = int(r["level"])
+            if level == 0:
+                epochs, images = _number(r.get("epochs")), _number(r.get("images_seen"))
+            elif previous is not None and level == previous + 1:
+                epochs += _number(r.get("retrain_epochs"))
+                images += _number(r.get("images_seen"))
+            else:
+                epochs = images = math.nan
+            r["budget_epochs"], r["budget_images"], previous = epochs, images, level
+    return rows
+
+
 def rows_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """The rows as a frame with normalised keys, one row per measurement.
+    """The rows as a frame with normalised keys and their budget (``add_budget``), one row per
+    measurement.
 
     Runs that differ only in retraining share their dense model: its level-0 row is one
     measurement (per seed), however many runs repeat it; otherwise a run (config hash) is one.
     """
-    df = pd.DataFrame(list(rows))
+    df = pd.DataFrame(add_budget(rows))
     optional = ("seed", "dense_acc", "dense_cache", "config_hash", "compression", "wall_s")
-    for col in (*optional, "images_seen", *METRICS):
+    for col in (*optional, "run", "images_seen", *METRICS):
         if col not in df:
             df[col] = None
     df["one_shot"] = df["one_shot"].astype(bool)
     df["retrain_epochs"] = pd.to_numeric(df["retrain_epochs"]).fillna(0.0).astype(float)
     df["level"] = df["level"].astype(int)
     df["density"] = df["density"].astype(float)
-    for col in ("compression", "wall_s", "images_seen"):
+    for col in ("compression", "wall_s", "images_seen", *BUDGET_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     # Three significant digits of density keep runs of different pruning rates apart.
     df["density_key"] = df["density"].map(lambda d: float(f"{d:.3g}"))
@@ -137,8 +179,9 @@ def aggregate(rows: Iterable[dict[str, Any]], metric: str = "acc") -> pd.DataFra
     A record holds the group keys, ``n`` (rows with a value of ``metric``), ``seeds``, the
     ``STATS`` of ``metric`` (``{metric}_mean`` ...; std with n − 1, NaN for one value) and of the
     accuracy change in percentage points (``delta_pp_mean`` ...: 100 · (metric − dense acc of
-    the same run)), and the means of density, compression, wall_s and images_seen. Records are
-    sorted by block, method (registry order), t, level. ``REFERENCE_COLUMNS`` are empty.
+    the same run)), the means of density, compression, wall_s and images_seen, and the mean
+    training budget up to the level (``budget_epochs``, ``budget_images``). Records are sorted
+    by block, method (registry order), t, level. Reference columns come with matching.
     """
     df = rows_frame(rows)
     df["value"] = pd.to_numeric(df[metric], errors="coerce")
@@ -159,13 +202,11 @@ def aggregate(rows: Iterable[dict[str, Any]], metric: str = "acc") -> pd.DataFra
             g["value"].agg(list(STATS)).add_prefix(f"{metric}_"),
             g["delta_pp"].agg(list(STATS)).add_prefix("delta_pp_"),
             g[["wall_s", "images_seen"]].mean().add_suffix("_mean"),
+            g[list(BUDGET_COLUMNS)].mean(),
         ],
         axis=1,
     ).reset_index()
     out["metric"] = metric
-    out["reference"] = ""
-    for col in REFERENCE_COLUMNS[1:]:
-        out[col] = math.nan
     return sort_records(out[csv_columns(metric)])
 
 
@@ -181,7 +222,7 @@ def sort_records(df: pd.DataFrame, *extra: str) -> pd.DataFrame:
 
 
 def csv_columns(metric: str) -> list[str]:
-    """The columns of ``report.csv`` for ``metric``, in order."""
+    """The columns of ``report.csv`` for ``metric``, in order (before any reference's)."""
     return [
         *GROUP_KEYS,
         "density",
@@ -193,7 +234,22 @@ def csv_columns(metric: str) -> list[str]:
         *(f"delta_pp_{k}" for k in STATS),
         "wall_s_mean",
         "images_seen_mean",
-        *REFERENCE_COLUMNS,
+        *BUDGET_COLUMNS,
+    ]
+
+
+def reference_column(name: str, field: str) -> str:
+    """The column of reference ``name``'s ``field`` (one of ``REFERENCE_FIELDS``)."""
+    return f"reference_{name}_{field}"
+
+
+def reference_names(records: pd.DataFrame) -> list[str]:
+    """The references whose columns ``records`` carry, in column order."""
+    head, tail = "reference_", "_cell"
+    return [
+        c[len(head) : -len(tail)]
+        for c in records.columns
+        if c.startswith(head) and c.endswith(tail)
     ]
 
 
@@ -280,14 +336,18 @@ def write_csv(records: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-_STRINGS = ("model", "dataset", "pruning", "criterion", "method", "seeds", "metric", "reference")
+_STRINGS = ("model", "dataset", "pruning", "criterion", "method", "seeds", "metric", "layer")
+
+
+def _is_string(col: str) -> bool:
+    return col in _STRINGS or (col.startswith("reference_") and col.endswith("_cell"))
 
 
 def read_csv(path: Path) -> pd.DataFrame:
     """The records of a ``report.csv`` (or ``layer_density.csv``) with their types restored."""
-    df = pd.read_csv(path, dtype={k: str for k in (*_STRINGS, "layer")}, keep_default_na=False)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     for col in df.columns:
-        if col in (*_STRINGS, "layer"):
+        if _is_string(col):
             continue
         if col == "one_shot":
             df[col] = df[col].astype(str) == "True"

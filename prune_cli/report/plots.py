@@ -1,9 +1,12 @@
 """The report's figures, drawn on bare matplotlib Figures (no pyplot state: safe in callbacks).
 
 - ``plot_acc_vs_compression``: accuracy change vs compression, a panel per (block, t), a curve
-  per method, the published medians dashed.
+  per method, the matched published values of every reference dashed (a dash pattern per
+  paper, its citation in the legend).
 - ``plot_acc_vs_retrain_time``: accuracy change vs t, a panel per compression level that was
   retrained for two or more t.
+- ``plot_accuracy_vs_budget``: accuracy vs the total training spent up to each level (dense
+  epochs + all retraining), in epochs and in images: Zimmer et al.'s budget view.
 - ``plot_layer_density``: remaining weights per layer (network order) at the highest level, a
   bar (or line) per (method, t), beside the whole network's density.
 - ``plot_layer_density_levels``: the same for every level, a heatmap per method (its longest t).
@@ -13,15 +16,22 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from prune_cli.report.aggregation import BLOCK_KEYS, block_of
-from prune_cli.report.references import CITATIONS
-from prune_cli.report.style import STYLE, method_label, method_rank, method_style
+from prune_cli.report.aggregation import BLOCK_KEYS, block_of, reference_column, reference_names
+from prune_cli.report.references import citation
+from prune_cli.report.style import (
+    STYLE,
+    method_label,
+    method_rank,
+    method_style,
+    reference_linestyle,
+)
 from prune_cli.report.tables import METRIC_NAMES, block_title, fmt_t
 
 # matplotlib's PDF backend subsets fonts with fontTools, which logs every table it prunes at INFO
@@ -74,27 +84,42 @@ def _panels(groups: list[tuple[Any, list]], ncols_max: int, w: float, h: float):
 
 
 GUIDES = ("dense", "whole network", WIN_LABEL)
+# The legend entry of a reference whose matched cells have no retrievable value.
+NOT_RETRIEVED_LABEL = "{}: n/r (published value not retrievable)"
+
+
+def _guide(label: str) -> int | None:
+    """The guide's place among the guides (after the methods), None for a method's entry."""
+    if label in GUIDES:
+        return GUIDES.index(label)
+    if label.endswith(NOT_RETRIEVED_LABEL.format("")):
+        return len(GUIDES)
+    return None
 
 
 def _shared_legend(fig, axes, rows: int | None = None) -> None:
     """One legend under the panels, filled column by column: each method above its reference
-    curve (or its other t, with ``rows``), then the guides (dense, whole network, shading)."""
+    curves (or its other t, with ``rows``), then the guides (dense, whole network, shading, the
+    references without values)."""
     entries: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    bases = list(dict.fromkeys(label.split(" (")[0] for label in entries if label not in GUIDES))
+    bases = list(dict.fromkeys(label.split(" (")[0] for label in entries if _guide(label) is None))
 
     def order(label: str) -> tuple:
-        if label in GUIDES:
-            return (len(bases), GUIDES.index(label))
-        return (bases.index(label.split(" (")[0]), " (" in label)
+        guide = _guide(label)
+        if guide is not None:
+            return (len(bases), guide, label)
+        return (bases.index(label.split(" (")[0]), " (" in label, label)
 
     labels = sorted(entries, key=order)
     if not labels:
         return
     if rows is None:
-        rows = 2 if any(" (" in label for label in labels) else 1
+        # a method, then one row per reference curve of it
+        refs = [label.split(" (")[0] for label in labels if " (" in label and _guide(label) is None]
+        rows = 1 + max((refs.count(b) for b in set(refs)), default=0)
     ncol = max(math.ceil(len(labels) / rows), 1)
     fig.legend(
         [entries[k] for k in labels], labels, loc="outside lower center", ncol=ncol, frameon=False
@@ -130,23 +155,38 @@ def _curve(ax, x, y, s, method: str, label: str, **kw) -> None:
         )
 
 
-def _reference_curve(ax, line: pd.DataFrame, x_key: str, method: str) -> None:
-    """The published cells matched by ``line``'s points, dashed, hollow, in the method's colour."""
-    ref = line[line["reference_acc"].notna()]
-    if ref.empty:
-        return
+def _reference_curves(ax, line: pd.DataFrame, x: str, method: str) -> None:
+    """Per reference, the published cells matched by ``line``'s points: dashed (the paper's
+    pattern), hollow, in the method's colour, at the published compression (``x`` =
+    ``"compression"``; ours where the paper gives none) or t (``x`` = ``"t"``; cells without a
+    stated t are left out). Matched cells without a value add the reference's n/r legend entry.
+    """
     st = method_style(method)
-    name = CITATIONS.get(ref["reference"].iloc[0], ref["reference"].iloc[0])
-    ax.plot(
-        ref[x_key],
-        ref["reference_delta_pp"],
-        ls="--",
-        marker=st.marker,
-        mfc="white",
-        color=st.color,
-        alpha=0.85,
-        label=f"{st.label} ({name})",
-    )
+    for name in reference_names(line):
+        matched = line[line[reference_column(name, "cell")].fillna("").astype(str) != ""]
+        if matched.empty:
+            continue
+        ref = matched[matched[reference_column(name, "acc")].notna()]
+        if len(ref) < len(matched):
+            ax.plot([], [], ls="none", label=NOT_RETRIEVED_LABEL.format(citation(name)))
+        if x == "compression":
+            xs = ref[reference_column(name, "compression")].fillna(ref["compression"])
+        else:
+            xs = ref[reference_column(name, "t")]
+        keep = xs.notna()
+        if not keep.any():
+            continue
+        ax.plot(
+            list(xs[keep]),
+            list(ref[reference_column(name, "delta_pp")][keep]),
+            ls=reference_linestyle(name),
+            marker=st.marker,
+            mfc="white",
+            color=st.color,
+            alpha=0.85,
+            label=f"{st.label} ({citation(name)})",
+            gid=f"{name} {method}",
+        )
 
 
 def _compression_ticks(ax, values: Iterable[float]) -> None:
@@ -160,6 +200,15 @@ def _compression_ticks(ax, values: Iterable[float]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticklabels([f"{t:.3g}×" for t in ticks])
+
+
+def _widen_narrow_xlim(ax, factor: float = 1.15) -> None:
+    """Give a log x axis whose points (ours and a paper's: one level of a structured preset) sit
+    at one compression, equal but for rounding, room around them; matplotlib widens only exactly
+    equal limits."""
+    lo, hi = ax.get_xlim()
+    if 0 < lo and hi / lo < factor:
+        ax.set_xlim(lo / factor, hi * factor)
 
 
 def _same_ylim(axes) -> None:
@@ -230,9 +279,10 @@ def plot_acc_vs_compression(records: pd.DataFrame):
                     method_label(method),
                     gid=f"{method} t={fmt_t(t)}",
                 )
-                _reference_curve(ax, line, "reference_compression", method)
+                _reference_curves(ax, line, "compression", method)
             ax.axhline(0.0, color="0.35", lw=0.8, ls=":", label="dense")
             ax.set_xscale("log")
+            _widen_narrow_xlim(ax)
             _compression_ticks(ax, _in_block(pruned, block)["compression"])
             ax.set_xlabel("compression ratio (log scale)")
             ax.set_ylabel("accuracy change vs dense (pp)")
@@ -295,7 +345,7 @@ def plot_acc_vs_retrain_time(records: pd.DataFrame):
                     ax, x, y, list(line["delta_pp_std"].fillna(0.0)), method, method_label(method)
                 )
                 curves[method] = dict(zip(x, y))
-                _reference_curve(ax, line, "retrain_epochs", method)
+                _reference_curves(ax, line, "t", method)
             _shade_rewinding_wins(ax, curves)
             ax.axhline(0.0, color="0.35", lw=0.8, ls=":", label="dense")
             ts = sorted(set(recs["retrain_epochs"]))
@@ -341,6 +391,98 @@ def _shade_rewinding_wins(ax, curves: dict[str, dict[float, float]]) -> None:
             lw=0,
             label=WIN_LABEL,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Budget
+# ----------------------------------------------------------------------------------------------
+
+BUDGET_AXES = {
+    "budget_epochs": "total training epochs (dense + every level's retraining)",
+    "budget_images": "total training images seen (dense + retraining)",
+}
+
+
+def _budget_line(records: pd.DataFrame, block: tuple, method: str, t: float) -> pd.DataFrame:
+    """The points of one budget curve: the method's dense model, then its levels retrained for
+    ``t`` epochs, in level order."""
+    recs = _in_block(records, block)
+    recs = recs[recs["method"] == method]
+    line = recs[(recs["level"] == 0) | ((recs["level"] > 0) & (recs["retrain_epochs"] == t))]
+    return line.sort_values("level")
+
+
+def budget_series(records: pd.DataFrame) -> list[tuple[tuple, str, float]]:
+    """(block, method, t) of the curves of ``plot_accuracy_vs_budget``: those with pruned
+    levels whose training budget and metric are known."""
+    metric = records["metric"].iloc[0] if len(records) else "acc"
+    pruned = _pruned(records)
+    known = pruned[pruned["budget_epochs"].notna() & pruned[f"{metric}_mean"].notna()]
+    keys = {(block_of(r), r["method"], r["retrain_epochs"]) for _, r in known.iterrows()}
+    return sorted(keys, key=lambda k: (tuple(map(str, k[0])), method_rank(k[1]), k[2]))
+
+
+def plot_accuracy_vs_budget(records: pd.DataFrame):
+    """The metric (in %) vs the total training spent up to each level, as Zimmer et al. compare
+    methods: a curve per (method, t) from its dense model through its levels, x the dense
+    epochs plus every level's retraining epochs so far (a second panel: the same in images
+    seen). A method that only trains longer moves right, not up. A row of panels per block.
+    Returns the matplotlib Figure (one saying so when no budget is known)."""
+    import matplotlib
+    from matplotlib.ticker import EngFormatter
+
+    metric = records["metric"].iloc[0] if len(records) else "acc"
+    series = budget_series(records)
+    blocks = sorted({b for b, _, _ in series}, key=lambda b: tuple(map(str, b)))
+    groups = []
+    for block in blocks:
+        recs = _in_block(records, block)
+        axes = ["budget_epochs"]
+        if recs[recs["level"] > 0]["budget_images"].notna().any():
+            axes.append("budget_images")
+        groups.append((block, axes))
+    several_blocks = len(groups) > 1
+    with matplotlib.rc_context(STYLE):
+        fig, placed = _panels(groups or [(None, [None])], 2, 4.4, 3.3)
+        if not groups:
+            _empty(fig, placed[0][2], "no training budget recorded in these runs")
+            return fig
+        for block, x_key, ax in placed:
+            mine = [(m, t) for b, m, t in series if b == block]
+            for method, t in mine:
+                line = _budget_line(records, block, method, t)
+                line = line[line[x_key].notna() & line[f"{metric}_mean"].notna()]
+                ts = sorted(tt for m, tt in mine if m == method)
+                shorter = len(ts) - 1 - ts.index(t)
+                _curve(
+                    ax,
+                    list(line[x_key]),
+                    list(100 * line[f"{metric}_mean"]),
+                    list(100 * line[f"{metric}_std"].fillna(0.0)),
+                    method,
+                    _series_label(method, t, len(ts) > 1),
+                    alpha=1.0 - 0.6 * shorter / max(len(ts) - 1, 1),
+                    gid=f"{method} t={fmt_t(t)}",
+                )
+            ax.set_xlabel(BUDGET_AXES[x_key])
+            ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (%)")
+            if x_key == "budget_images":
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            title = "in epochs" if x_key == "budget_epochs" else "in images"
+            if several_blocks:
+                title = f"{textwrap.fill(block_title(block), 52)}: {title}"
+            ax.set_title(title)
+        head = (
+            f"{_metric_name(metric)} vs total training spent up to each level "
+            f"({_seeds_text(_pruned(records))})"
+        )
+        if not several_blocks:
+            head += f"\n{block_title(groups[0][0])}"
+        fig.suptitle(head, fontsize=10.5)
+        # a column per method, its t down the column
+        rows = max(len({t for _, mm, t in series if mm == m}) for _, m, _ in series)
+        _shared_legend(fig, [ax for _, _, ax in placed], rows=rows)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,19 @@ METHODS: dict[str, MethodStyle] = {
 """Config name -> how the method is drawn and named (unknown names get a grey fallback)."""
 
 
+# How each published reference's curves are drawn: always in the method's colour, hollow
+# markers, a dash pattern per paper (the legend names the paper).
+REFERENCE_LINESTYLES: dict[str, str] = {
+    "renda2020": "--",
+    "lehua2021": "-.",
+    "zimmer2023": ":",
+}
+
+
+def reference_linestyle(name: str) -> str:
+    return REFERENCE_LINESTYLES.get(name, "--")
+
+
 def method_style(method: str) -> MethodStyle:
     return METHODS.get(method, MethodStyle(method.upper(), "#7f7f7f", "o"))
 

@@ -2,8 +2,11 @@
 
 One table per (model, dataset, pruning, criterion, one-shot) block: a row per (retrain epochs t,
 level), a column per method, cells ``mean ± std (change vs dense)`` of the metric in percent over
-seeds; with a reference, a column of the published median beside each method it covers. All
-three formats come from the same cells, so their numbers are the CSV's rounded to 2 decimals.
+seeds; with references, a column per paper beside each method it covers: the published value
+(and its change vs that paper's dense model), ``n/r`` where the paper has the cell but its value
+could not be retrieved. All three formats come from the same cells, so their numbers are the
+CSV's rounded to 2 decimals. Below the tables (console and Markdown): per paper how many cells
+matched and which have no published counterpart.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tabulate import tabulate
 
-from prune_cli.report.aggregation import BLOCK_KEYS
-from prune_cli.report.references import CITATIONS
+from prune_cli.report.aggregation import BLOCK_KEYS, reference_column, reference_names
+from prune_cli.report.references import citation, reference_summary
 from prune_cli.report.style import method_label, method_rank
 
 METRIC_NAMES = {"acc": "test accuracy", "acc_after_prune": "accuracy right after pruning"}
+# A table cell of a published cell whose value could not be retrieved.
+NOT_RETRIEVED = "n/r"
 
 
 @dataclass
@@ -48,14 +53,15 @@ def build_tables(records: pd.DataFrame) -> list[Table]:
     if records.empty:
         return []
     metric = records["metric"].iloc[0]
+    names = reference_names(records)
     tables = []
     for block, recs in records.groupby(list(BLOCK_KEYS), sort=False):
         ours = sorted(set(recs["method"]), key=method_rank)
         columns: list[tuple[str, str]] = []
         for m in ours:
             columns.append(("run", m))
-            ref = recs[(recs["method"] == m) & recs["reference_acc"].notna()]
-            columns += [(name, m) for name in sorted(set(ref["reference"]))]
+            mine = recs[recs["method"] == m]
+            columns += [(n, m) for n in names if _matched(mine, n).any()]
         n = recs["n"][recs["n"] > 0]  # level 0 has no acc_after_prune
         table = Table(
             tuple(block), metric, (int(n.min()), int(n.max())) if len(n) else (0, 0), columns
@@ -73,11 +79,19 @@ def build_tables(records: pd.DataFrame) -> list[Table]:
                     rec[f"{metric}_std"],
                     rec["delta_pp_mean"] if level > 0 else math.nan,
                 )
-                if pd.notna(rec["reference_acc"]):
-                    cells[(rec["reference"], rec["method"])] = (
-                        rec["reference_acc"],
-                        math.nan,
-                        rec["reference_delta_pp"],
+                for name in names:
+                    matched = rec[reference_column(name, "cell")]
+                    if not isinstance(matched, str) or not matched:
+                        continue
+                    acc = rec[reference_column(name, "acc")]
+                    cells[(name, rec["method"])] = (
+                        (
+                            acc,
+                            rec[reference_column(name, "std")],
+                            rec[reference_column(name, "delta_pp")],
+                        )
+                        if pd.notna(acc)
+                        else NOT_RETRIEVED
                     )
             table.rows.append(
                 {
@@ -93,6 +107,11 @@ def build_tables(records: pd.DataFrame) -> list[Table]:
         table.rows.sort(key=lambda r: (r["level"] > 0, _nan_last(r["t"]), r["level"]))
         tables.append(table)
     return tables
+
+
+def _matched(records: pd.DataFrame, name: str) -> pd.Series:
+    """Which ``records`` a published cell of reference ``name`` matched."""
+    return records[reference_column(name, "cell")].fillna("").astype(str) != ""
 
 
 def _nan_last(x: float) -> float:
@@ -111,7 +130,7 @@ def _best(cells: dict) -> set:
 def _header(col: tuple[str, str]) -> str:
     kind, method = col
     label = method_label(method)
-    return label if kind == "run" else f"{label} ({CITATIONS.get(kind, kind)})"
+    return label if kind == "run" else f"{label} ({citation(kind)})"
 
 
 def _n_text(n: tuple[int, int], latex: bool = False) -> str:
@@ -128,8 +147,14 @@ def _caption(table: Table, latex: bool = False) -> str:
         "in parentheses the change vs the dense model in percentage points; "
         "t: retraining epochs per level"
     )
-    if any(kind != "run" for kind, _ in table.columns):
-        text += "; reference columns: the published median and its change vs the paper's dense"
+    papers = {kind for kind, _ in table.columns if kind != "run"}
+    if papers:
+        median = (
+            f" ({citation('renda2020')}: the median over trials)" if "renda2020" in papers else ""
+        )
+        text += f"; reference columns: the published value{median} and its change vs that paper's dense model"
+    if any(v == NOT_RETRIEVED for r in table.rows for v in r["cells"].values()):
+        text += f"; {NOT_RETRIEVED}: the paper has this cell, its value could not be retrieved"
     return text
 
 
@@ -145,6 +170,8 @@ def signed(x: float) -> str:
 
 def _cell(values: tuple | None, fmt: str, bold: bool = False) -> str:
     """``mean ± std (delta)`` in percent; ``fmt`` is text, markdown or latex."""
+    if isinstance(values, str):
+        return values
     if values is None or pd.isna(values[0]):
         return "-" if fmt != "latex" else "--"
     mean, std, delta = values
@@ -198,9 +225,18 @@ def to_text(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def to_markdown(tables: list[Table]) -> str:
+def references_text(records: pd.DataFrame) -> str:
+    """The console's lines on the references of ``records`` (empty without references)."""
+    lines = reference_summary(records)
+    if not lines:
+        return ""
+    return "".join(f"{line}\n" for line in ["published references:", *lines])
+
+
+def to_markdown(tables: list[Table], references: list[str] = ()) -> str:
     """Markdown (pipe tables, read by GitHub and pandoc): per block a heading, the caption and
-    the table, the best mean of a row in bold."""
+    the table, the best mean of a row in bold; then ``references`` (``reference_summary``'s
+    lines) as a list."""
     out = ["# prune-report", ""]
     for table in tables:
         head, body = _rows(table, "markdown")
@@ -209,6 +245,10 @@ def to_markdown(tables: list[Table]) -> str:
             body, head, tablefmt="pipe", disable_numparse=True, colalign=["right"] * len(head)
         )
         out += [table_md, ""]
+    if references:
+        out += ["## Published references", ""]
+        out += [f"{'  ' if line.startswith(' ') else ''}- {line.strip()}" for line in references]
+        out.append("")
     return "\n".join(out)
 
 
