@@ -90,7 +90,7 @@ def test_best_val_returns_the_best_epoch_and_its_test_accuracy(digits):
     model = lenet()
     per_epoch: list[tuple[float, dict]] = []
 
-    def record(epoch: int) -> None:
+    def record(epoch: int, optimizer: torch.optim.Optimizer) -> None:
         if epoch:
             per_epoch.append((evaluate(model, digits, 500, split="val"), weights(model)))
 
