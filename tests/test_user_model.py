@@ -50,25 +50,3 @@ def test_user_model_from_own_config_dir(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "nowhere.Net" in bad.stderr
-
-
-def test_user_criterion_from_own_config_dir(tmp_path):
-    """examples/user_criterion: one score function and one pruning YAML (global ranking of its
-    scores, the rate and levels of global_magnitude) prune a quick-start run."""
-    shutil.copytree(CRITERION, tmp_path / "user")
-    argv = [
-        *[sys.executable, "-m", "prune_cli.cli", "-cd", "conf", "experiment=quickstart"],
-        *["pruning=taylor_weight", "train.epochs=2", "pruning.levels=2", "runtime.progress=false"],
-        f"runtime.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        argv, cwd=tmp_path / "user", capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
-    assert [(r["pruning"], r["criterion"]) for r in rows] == [
-        ("taylor_weight", "global_taylor_weight")
-    ] * 3
-    assert rows[1]["prune"]["s"] == 0.2 and abs(rows[2]["density"] - 0.64) < 1e-3
