@@ -13,7 +13,6 @@ one forward pass of a dummy batch of two per architecture and input shape.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,17 +21,6 @@ from prune_cli.errors import ConfigError, first_line
 _DUMMY_BATCH = 2
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the checks need to know of a model config: its prunable weights."""
-
-    prunable: int
-    """Number of prunable weights (conv and linear, minus ``model.prune_exclude``)."""
-    smallest: tuple[str, int]
-    """The prunable tensor with the fewest weights, and that number."""
-
-
-_FACTS: dict[str, ModelFacts] = {}
 _PLANS: set[str] = set()
 
 
@@ -48,7 +36,7 @@ def check_job(cfg: DictConfig, *, here: bool | None = None) -> None:
         here = runs_here(OmegaConf.select(cfg, "hydra.launcher._target_"))
     if here:
         check_device(str(cfg.runtime.device))
-    model_facts(cfg)
+    checked_model(cfg)
     check_pruning(cfg)
 
 
@@ -119,50 +107,38 @@ _MODELS: dict[str, object] = {}
 
 
 def checked_model(cfg: DictConfig):
-    """The model of ``cfg`` as the checks build it: once per distinct model config (the checks
-    only read it: a dummy forward, traces, counts)."""
+    """The model of ``cfg``, built once per distinct model config and checked then: it takes a
+    dummy batch of ``dataset.input_shape`` and answers ``dataset.num_classes`` logits, and
+    ``model.prune_exclude`` names its layers. The later checks only read it (traces, counts)."""
     key = _model_key(cfg)
-    if key not in _MODELS:
-        _MODELS[key] = build_model(cfg)
-    return _MODELS[key]
+    if key in _MODELS:
+        return _MODELS[key]
+    import torch
 
+    from prune_cli.pruning import prunable_parameters
 
-def model_facts(cfg: DictConfig) -> ModelFacts:
-    """Build the model once per distinct model config, check that it takes a dummy batch of
-    ``dataset.input_shape`` and answers ``dataset.num_classes`` logits, and count its prunable
-    weights (which also checks ``model.prune_exclude``)."""
-    key = _model_key(cfg)
-    if key not in _FACTS:
-        import torch
-
-        from prune_cli.pruning import prunable_parameters
-
-        model = checked_model(cfg)
-        shape = [int(d) for d in cfg.dataset.input_shape]
-        classes = int(cfg.dataset.num_classes)
-        where = f"model={cfg.model.name} on dataset={cfg.dataset.name}"
-        try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                out = model.eval()(torch.randn(_DUMMY_BATCH, *shape))
-        except Exception as e:  # noqa: BLE001 - whatever the model raises, the input does not fit
-            raise ConfigError(
-                f"{where}: the model cannot take inputs of dataset.input_shape={shape}"
-                f" ({type(e).__name__}: {first_line(e)})"
-            ) from e
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        if got != [_DUMMY_BATCH, classes]:
-            raise ConfigError(
-                f"{where}: the model answers {got} for a batch of {_DUMMY_BATCH} inputs of"
-                f" dataset.input_shape={shape}, not [{_DUMMY_BATCH}, {classes}]"
-                f" (dataset.num_classes={classes} logits per input)"
-            )
-        params = prunable_parameters(model, list(cfg.model.prune_exclude))
-        name, weight = min(params.items(), key=lambda kv: kv[1].numel())
-        _FACTS[key] = ModelFacts(
-            prunable=sum(p.numel() for p in params.values()),
-            smallest=(name.removesuffix(".weight"), weight.numel()),
+    model = build_model(cfg)
+    shape = [int(d) for d in cfg.dataset.input_shape]
+    classes = int(cfg.dataset.num_classes)
+    where = f"model={cfg.model.name} on dataset={cfg.dataset.name}"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            out = model.eval()(torch.randn(_DUMMY_BATCH, *shape))
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, the input does not fit
+        raise ConfigError(
+            f"{where}: the model cannot take inputs of dataset.input_shape={shape}"
+            f" ({type(e).__name__}: {first_line(e)})"
+        ) from e
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != [_DUMMY_BATCH, classes]:
+        raise ConfigError(
+            f"{where}: the model answers {got} for a batch of {_DUMMY_BATCH} inputs of"
+            f" dataset.input_shape={shape}, not [{_DUMMY_BATCH}, {classes}]"
+            f" (dataset.num_classes={classes} logits per input)"
         )
-    return _FACTS[key]
+    prunable_parameters(model, list(cfg.model.prune_exclude))
+    _MODELS[key] = model
+    return model
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prune_cli.errors import ConfigError, CorruptFileError
 from prune_cli.store import FORMAT, read_json, write_text
@@ -118,13 +119,27 @@ def is_busy(run_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def held(run_dir: Path, writer: bool = True) -> Iterator[RunLock | None]:
-    """The run directory's lock for the ``with`` block (a no-op on non-writing DDP ranks)."""
-    if not writer:
-        yield None
-        return
-    with RunLock(run_dir) as lock:
+def held(
+    run_dir: Path, writer: bool = True, broadcast: Callable[[Any], Any] = lambda x: x
+) -> Iterator[RunLock | None]:
+    """The run directory's lock for the ``with`` block: the writer (DDP rank 0) takes it, and
+    every rank learns through ``broadcast`` (rank 0's value on all) whether it is busy, so that
+    all raise :class:`RunBusyError` together."""
+    lock = RunLock(run_dir) if writer else None
+    busy = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunBusyError as e:
+            busy = str(e)
+    busy = broadcast(busy)
+    if busy:
+        raise RunBusyError(busy)
+    try:
         yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,12 +39,11 @@ from prune_cli.loggers import HISTORY_FILE, Tracker
 from prune_cli.models import build_model
 from prune_cli.pruning import Network, Pruner, build_pruner
 from prune_cli.rundir import (
-    RunBusyError,
-    RunLock,
     check_results,
     check_run_dir,
     claim_run_dir,
     clear_failure,
+    held,
     is_complete,
 )
 from prune_cli.store import (
@@ -244,7 +243,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     run_dir, chash = Path(run_dir), config_hash(apply_debug(cfg))
     check_run_dir(run_dir, chash)
     d = distributed.init(resolve_device(cfg.runtime.device))
-    with _locked(run_dir, d), Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
+    busy = held(run_dir, d.writer, lambda x: distributed.broadcast(d, x))
+    with busy, Tracker(cfg, run_dir, chash, enabled=d.writer) as tracker:
         levels = n_levels(cfg)
         if d.writer:
             remove_orphan_temps(run_dir)
@@ -262,8 +262,10 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         else:
             rows.append(dense_level(cfg, b, run_dir, chash, cache, meta, tracker))
         shown = _level_bar(cfg, b, len(rows), levels)
+        lengths = list(zip(level_epochs(cfg), level_steps(cfg, b.steps_per_epoch)))
         for level in range(len(rows), levels + 1):
-            rows.append(prune_and_retrain(cfg, b, level, run_dir, chash, cache, tracker))
+            t, steps = lengths[level - 1]
+            rows.append(prune_and_retrain(cfg, b, level, t, steps, run_dir, chash, cache, tracker))
             shown.update()
             shown.set_postfix(density=f"{rows[-1]['density']:.3f}", acc=f"{rows[-1]['acc']:.4f}")
         shown.close()
@@ -272,27 +274,6 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             write_text(run_dir / "summary.txt", table(rows) + "\n")
             print(table(rows))
         return rows
-
-
-class _locked:
-    """The run directory's lock for the run (rank 0 holds it; every rank learns if it is busy)."""
-
-    def __init__(self, run_dir: Path, d: Dist):
-        self.lock, self.d = RunLock(run_dir), d
-
-    def __enter__(self) -> None:
-        busy = None
-        if self.d.writer:
-            try:
-                self.lock.acquire()
-            except RunBusyError as e:
-                busy = str(e)
-        busy = distributed.broadcast(self.d, busy)
-        if busy:
-            raise RunBusyError(busy)
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
 
 
 def _complete(run_dir: Path, chash: str, rows: list[dict]) -> list[dict]:
@@ -391,13 +372,12 @@ def train_dense(
         cfg,
         b,
         phase,
-        None,
-        cache.state_path(),
-        tracker,
-        0,
-        None,
-        snapshot,
-        cache.dir / HISTORY_FILE,
+        state_path=cache.state_path(),
+        tracker=tracker,
+        level=0,
+        on_epoch_end=snapshot,
+        # the records also go to the cache entry, for the runs that reuse this dense model
+        history=cache.dir / HISTORY_FILE,
     )
     acc = b.evaluate()
     if not writer:
@@ -423,16 +403,17 @@ def train_dense(
 
 
 def _train(
-    cfg,
+    cfg: DictConfig,
     b: Built,
     phase: Phase,
-    pruner,
-    state_path,
-    tracker,
-    level=0,
-    optimizer=None,
+    *,
+    state_path: Path,
+    tracker: Tracker | None,
+    level: int,
+    pruner: Pruner | None = None,
+    optimizer: dict | None = None,
     on_epoch_end=None,
-    history=None,
+    history: Path | None = None,
 ):
     """One training phase of this run (dense or a level's retraining)."""
     return train_phase(
@@ -506,7 +487,8 @@ def level_steps(cfg: DictConfig, steps_per_epoch: int) -> list[int]:
     """Optimizer steps of levels 1..L: each level's ``t`` (``config.level_epochs``) in steps,
     rounded on the running total, so that the levels of a budget spend exactly its steps (a
     fractional ``t`` rounded level by level could overspend it)."""
-    out, done, total = [], 0, 0.0
+    out: list[int] = []
+    done, total = 0, 0.0
     for t in level_epochs(cfg):
         total += t
         end = max(done + 1, round(total * steps_per_epoch))
@@ -516,12 +498,19 @@ def level_steps(cfg: DictConfig, steps_per_epoch: int) -> list[int]:
 
 
 def prune_and_retrain(
-    cfg: DictConfig, b: Built, level: int, run_dir: Path, chash: str, cache: DenseCache, tracker
+    cfg: DictConfig,
+    b: Built,
+    level: int,
+    t: float,
+    steps: int,
+    run_dir: Path,
+    chash: str,
+    cache: DenseCache,
+    tracker,
 ) -> dict:
-    """Prune one level, retrain it with the configured method, record and save it."""
+    """Prune one level, retrain it ``t`` epochs (``steps`` optimizer steps) with the configured
+    method, record and save it."""
     t0 = time.perf_counter()
-    t = level_epochs(cfg)[level - 1]
-    steps = level_steps(cfg, b.steps_per_epoch)[level - 1]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + level)
     stats = b.pruner.prune(level, gen, steps)
     distributed.broadcast_tensors(b.dist, b.pruner.masks.tensors)  # identical masks on all ranks
@@ -556,7 +545,16 @@ def prune_and_retrain(
         f"level_{level:02d}", plan.lr, steps, b.steps_per_epoch, cfg.seed, momentum=plan.momentum
     )
     overhead = time.perf_counter() - t0
-    res = _train(cfg, b, phase, b.pruner, run_dir / "train_state.pt", tracker, level, optimizer)
+    res = _train(
+        cfg,
+        b,
+        phase,
+        state_path=run_dir / "train_state.pt",
+        tracker=tracker,
+        level=level,
+        pruner=b.pruner,
+        optimizer=optimizer,
+    )
     b.optimizer_state = res.optimizer_state
     b.pruner.masks.apply()  # a best-validation epoch's weights, under the final masks
     t1 = time.perf_counter()

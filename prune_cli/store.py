@@ -521,9 +521,6 @@ class DenseCache:
         """The optimizer's state at that snapshot (momentum buffers, for a rewind of both)."""
         return self.dir / f"snap_{epoch:04d}_optimizer.pt"
 
-    def has_snapshots(self, epochs: list[int]) -> bool:
-        return all(self.snapshot_path(e).exists() for e in epochs)
-
     def final_path(self) -> Path:
         return self.dir / "final.pt"
 

@@ -34,6 +34,13 @@ def compose(*overrides: str, hydra_cfg: bool = False):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
 
+@pytest.fixture(autouse=True)
+def private_dense_cache(tmp_path, monkeypatch):
+    """The default dense cache (`runtime.cache_dir`: $PRUNE_CLI_CACHE, else ./.prune-cache) of a
+    test is its own: checks and runs that name none write nothing into the working directory."""
+    monkeypatch.setenv("PRUNE_CLI_CACHE", str(tmp_path / ".prune-cache"))
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run `prune-run ARGS` in a subprocess inside `tmp_path`; returns the CompletedProcess.
@@ -67,6 +74,27 @@ def cli(tmp_path):
         return proc
 
     return run
+
+
+def cli_env(root: Path) -> dict:
+    """The environment of a `prune-run` subprocess in ``root``: its data there, one thread."""
+    return {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
+
+
+def cli_argv(root: Path, *args: str) -> list[str]:
+    """`prune-run ARGS` quietly, with its dense cache in ``root/cache``; Hydra's flags (`-m`)
+    go before the overrides."""
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return [
+        sys.executable,
+        "-m",
+        "prune_cli.cli",
+        *flags,
+        *QUIET,
+        f"runtime.cache_dir={root / 'cache'}",
+        *overrides,
+    ]
 
 
 def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:

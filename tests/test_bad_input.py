@@ -334,7 +334,6 @@ def test_models_are_built_once_per_distinct_model_config(monkeypatch, tmp_path):
 
     built = []
     build = checks.build_model
-    monkeypatch.setattr(checks, "_FACTS", {})
     monkeypatch.setattr(checks, "_PLANS", set())
     monkeypatch.setattr(checks, "_MODELS", {})
     monkeypatch.setattr(checks, "build_model", lambda cfg: built.append(1) or build(cfg))

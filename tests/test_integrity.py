@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUIET
+from conftest import QUIET, cli_argv, cli_env
 
 from prune_cli.rundir import IncompleteRunError, RunBusyError, RunLock, check_results, is_busy
 from prune_cli.store import read_rows
@@ -33,38 +33,25 @@ FAST = ["experiment=quickstart", "train.epochs=2", "pruning.levels=1"]
 COMPARED = ("level", "acc", "acc_after_prune", "density", "nonzero_params", "images_seen")
 
 
-def _env(root: Path) -> dict:
-    return {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
-
-
-def argv(root: Path, *args: str) -> list[str]:
-    flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
-    return [
-        sys.executable,
-        "-m",
-        "prune_cli.cli",
-        *flags,
-        *QUIET,
-        f"runtime.cache_dir={root / 'cache'}",
-        *overrides,
-    ]
-
-
 def start(root: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        argv(root, *args),
+        cli_argv(root, *args),
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(root),
+        env=cli_env(root),
     )
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        argv(root, *args), cwd=root, capture_output=True, text=True, env=_env(root), timeout=600
+        cli_argv(root, *args),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=cli_env(root),
+        timeout=600,
     )
 
 
@@ -371,7 +358,7 @@ def test_cache_dir_is_a_file(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
     )
     assert_one_line(proc, "cache_dir", "afile", "not a directory")
     assert not (tmp_path / "outputs").exists()

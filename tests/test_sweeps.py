@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import compose
+from conftest import cli_argv, cli_env, compose
 
 from prune_cli.cli import _jobs, prevalidate
 from prune_cli.config import retrain_epochs
@@ -43,33 +42,22 @@ def preset_checks():
     thread: it runs while the sweeps below wait on their single-threaded subprocesses.
     Hydra's global state is used by this thread alone until the preset tests join it."""
     with ThreadPoolExecutor(1) as pool:
-        futures = {n: pool.submit(prevalidate, ["-m", f"experiment={n}"]) for n in PRESETS}
+        # dry_run: checked, nothing recorded (no snapshot requests in the working directory's cache)
+        futures = {
+            n: pool.submit(prevalidate, ["-m", f"experiment={n}"], dry_run=True) for n in PRESETS
+        }
         yield futures
-
-
-def _env(root: Path) -> dict:
-    return {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
-
-
-def _argv(root: Path, *args: str) -> list[str]:
-    # Hydra's flags (`-m`) go before the overrides
-    flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
-    return [
-        sys.executable,
-        "-m",
-        "prune_cli.cli",
-        *flags,
-        "runtime.progress=false",
-        f"runtime.cache_dir={root / 'cache'}",
-        *overrides,
-    ]
 
 
 def prune_run(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`prune-run ARGS` in `root` with a dense cache in `root/cache`; fails on a non-zero exit."""
     proc = subprocess.run(
-        _argv(root, *args), cwd=root, capture_output=True, text=True, env=_env(root), timeout=600
+        cli_argv(root, *args),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=cli_env(root),
+        timeout=600,
     )
     assert proc.returncode == 0, f"prune-run {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -154,12 +142,12 @@ def _start_ft_and_lrw(tmp_path: Path, common: list[str]) -> dict[str, subprocess
     """An FT and an LRW run of the same config, started at once, each in its own run dir."""
     return {
         m: subprocess.Popen(
-            _argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
+            cli_argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(tmp_path),
+            env=cli_env(tmp_path),
         )
         for m in ("ft", "lrw")
     }

@@ -156,10 +156,6 @@ class Pruner:
         """How results name the criterion (``global_magnitude``, ``l1_filter``, ...)."""
         return criterion_name(self.criterion)
 
-    def describe(self) -> dict:
-        """Plain facts about the plan, for dry runs and rows."""
-        return {"levels": self.levels, "criterion": self.criterion_label}
-
     def check(self, net: Network) -> None:
         """Prevalidation: raise ConfigError (one line) if this pruner cannot prune ``net``'s
         model; nothing is changed."""

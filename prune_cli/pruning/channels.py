@@ -307,9 +307,6 @@ class ChannelPruner(Pruner):
         self.plans: list[dict[str, list[int]]] = []
         self.measure = measure_inference
 
-    def describe(self) -> dict:
-        return super().describe() | {"stage_ratios": self.stage_ratios, "skip": self.skip}
-
     def attach(self, net: Network) -> None:
         self.net = net
         self.plans = []

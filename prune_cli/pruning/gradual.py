@@ -54,11 +54,6 @@ class GradualMaskPruner(MaskPruner):
         self.first = self.last = 0
         self.plan = f"pruning.target_sparsity={target_sparsity}"
 
-    def describe(self) -> dict:
-        return super().describe() | {
-            "gradual": {"start": self.start, "end": self.end, "every": self.every}
-        }
-
     def sparsity_at(self, step: int) -> float:
         """The scheduled sparsity after optimizer step ``step`` of the phase."""
         if step < self.first:
@@ -75,7 +70,8 @@ class GradualMaskPruner(MaskPruner):
         if keep >= alive:
             return 0
         fraction = (alive - keep) / alive
-        remove = select(self.scores(generator), self.masks.alive_masks(), fraction, self.scope)
+        masks = self.masks.alive_masks()
+        remove = select(self.scores(generator, masks), masks, fraction, self.scope)
         return self.masks.remove(remove)
 
     @torch.no_grad()

@@ -231,9 +231,6 @@ class MaskPruner(Pruner):
     def criterion_label(self) -> str:
         return f"{self.scope}_{criterion_name(self.criterion)}"
 
-    def describe(self) -> dict:
-        return super().describe() | {"rate": self.fraction, "scope": self.scope}
-
     def attach(self, net: Network) -> None:
         self.net = net
         self.masks = Masks(prunable_parameters(net.model, net.exclude))
@@ -260,12 +257,15 @@ class MaskPruner(Pruner):
             )
 
     @torch.no_grad()
-    def scores(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def scores(
+        self, generator: torch.Generator, alive: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The criterion's scores of every prunable weight (``alive``: the unpruned entries)."""
         ctx = ScoreContext(
             targets=self.masks.params,
             model=self.net.model,
             generator=generator,
-            alive=self.masks.alive_masks(),
+            alive=alive,
             batches=self.net.batches,
         )
         with torch.enable_grad():  # a gradient-based criterion computes its own gradients
@@ -287,7 +287,8 @@ class MaskPruner(Pruner):
     def prune(self, level: int, generator: torch.Generator, steps: int = 0) -> dict:
         names = list(self.masks.params)
         before = norms_sq(self.net.model, names)
-        remove = select(self.scores(generator), self.masks.alive_masks(), self.fraction, self.scope)
+        alive = self.masks.alive_masks()
+        remove = select(self.scores(generator, alive), alive, self.fraction, self.scope)
         removed = self.masks.remove(remove)
         after = norms_sq(self.net.model, names)
         return {
