@@ -8,11 +8,11 @@ theoretical speedup = dense MACs / remaining MACs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from prune_cli.layers import modes_kept
 from prune_cli.layers import weight_layers as _weight_layers
@@ -25,13 +25,26 @@ def _lookup(table: Mapping[str, object], module_name: str) -> object | None:
     return table.get(f"{module_name}.weight")
 
 
+def _macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """Multiply-accumulates of one call of a conv or linear ``module`` (FlopCounterMode's
+    formulas halved: a convolution is out elements × (in channels / groups × kernel area), a
+    transposed one in elements × (out channels / groups × kernel area), a linear layer out
+    elements × in features; biases are not counted)."""
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        return output.numel() * w.shape[1]
+    per_element = math.prod(w.shape[1:])
+    return (inputs[0] if module.transposed else output).numel() * per_element
+
+
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Multiply-accumulates (MACs) of one forward pass of a single example.
 
     Returns one entry per conv/linear module whose weight is a parameter (key = qualified
     module name, e.g. ``layer1.0.conv1``) plus ``"total"``, their sum. ``input_shape`` excludes
-    the batch dimension. Counted with ``torch.utils.flop_counter.FlopCounterMode``, which
-    reports FLOPs = 2 × MACs for convolutions and matrix products; these are halved here.
+    the batch dimension. Each layer's calls are counted by a forward hook with the formulas of
+    ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 × MACs; tests/test_costs.py checks
+    that both agree), which would import torch's compiler stack, seconds of every job's start.
     Biases, batch norm, activations, pooling and additions are not counted. The forward runs
     on a zero tensor on the model's device, in eval mode under ``torch.no_grad``; every
     module's train/eval flag is restored afterwards. A module called k times counts k times.
@@ -43,13 +56,21 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    counter = FlopCounterMode(display=False)
-    with modes_kept(model, training=False), torch.no_grad(), counter:
-        model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
-    by_module = counter.get_flop_counts()
-    # FlopCounterMode names modules "<RootClass>.<qualified name>"
-    root = type(model).__name__
-    per_module = {name: sum(by_module.get(f"{root}.{name}", {}).values()) // 2 for name in layers}
+    per_module = dict.fromkeys(layers, 0)
+
+    def counter(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            per_module[name] += _macs(module, inputs, output)
+
+        return hook
+
+    handles = [m.register_forward_hook(counter(name)) for name, m in layers.items()]
+    try:
+        with modes_kept(model, training=False), torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
     per_module["total"] = sum(per_module.values())
     return per_module
 

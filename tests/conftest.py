@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from hydra import compose as hydra_compose
@@ -43,23 +43,30 @@ def private_dense_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def cli(tmp_path):
-    """Run `prune-run ARGS` in a subprocess inside `tmp_path`; returns the CompletedProcess.
+    """Run `prune-run ARGS` in its own process inside `tmp_path`; returns the CompletedProcess.
 
     The run directory is `tmp_path/run` unless the args give one, the dense cache `tmp_path/cache`.
     """
 
-    def run(*args: str, run_dir: Path | None = None, check: bool = True, env: dict | None = None):
+    def run(
+        *args: str,
+        run_dir: Path | None = None,
+        check: bool = True,
+        env: dict | None = None,
+        installed: bool = False,
+    ):
+        # installed: the console script itself, in a fresh interpreter (tests/procs.py forks
+        # `python -m prune_cli.cli` from a server that has imported it)
+        command = [str(Path(sys.executable).parent / "prune-run")]
         argv = [
-            sys.executable,
-            "-m",
-            "prune_cli.cli",
+            *(command if installed else [sys.executable, "-m", "prune_cli.cli"]),
             *QUIET,
             f"runtime.cache_dir={tmp_path / 'cache'}",
         ]
         if not any(a.startswith("hydra.run.dir") or a in ("-m", "--multirun") for a in args):
             argv.append(f"hydra.run.dir={run_dir or tmp_path / 'run'}")
         argv += list(args)
-        proc = subprocess.run(
+        proc = procs.run(
             argv,
             cwd=tmp_path,
             capture_output=True,

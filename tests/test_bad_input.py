@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from conftest import QUIET
@@ -415,7 +416,7 @@ CLI = {
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory) -> dict[str, tuple]:
     """Every CLI case started at once (each in its own directory); their results."""
-    procs = {}
+    started = {}
     for name, (how, _) in CLI.items():
         tmp = tmp_path_factory.mktemp("bad")
         extra = how(tmp) if callable(how) else how
@@ -426,15 +427,13 @@ def cli_results(tmp_path_factory) -> dict[str, tuple]:
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNE_CLI_DATA": str(tmp / "data")}
         before = snapshot(tmp)
-        procs[name] = (
-            subprocess.Popen(
-                argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            ),
+        started[name] = (
+            procs.Popen(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
             tmp,
             before,
         )
     out = {}
-    for name, (p, tmp, before) in procs.items():
+    for name, (p, tmp, before) in started.items():
         stdout, stderr = p.communicate(timeout=600)
         out[name] = (p.returncode, stdout.decode(), stderr.decode(), tmp, before)
     return out

@@ -8,10 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import procs
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
@@ -69,7 +70,7 @@ def test_bench_train_accuracy_check_prints_both_accuracies(capsys):
 
 def test_bench_parallel_reports_aggregate_speedup_and_recommendation(tmp_path):
     out_json = tmp_path / "parallel.json"
-    proc = subprocess.run(
+    proc = procs.run(
         [
             sys.executable,
             str(SCRIPTS / "bench_parallel.py"),
@@ -111,12 +112,11 @@ def test_recommendation_is_where_aggregate_growth_falls_to_10_percent():
 
 
 def test_bench_structured_prints_counts_and_speed():
-    import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).parent.parent / "scripts" / "bench_structured.py"
-    proc = subprocess.run(
+    proc = procs.run(
         [
             sys.executable,
             str(script),

@@ -14,7 +14,7 @@ from prune_cli.store import config_hash, dense_hash, legacy_dense_hash
 
 
 def test_quickstart_end_to_end(cli, tmp_path):
-    proc = cli("experiment=quickstart")
+    proc = cli("experiment=quickstart", installed=True)  # the console script a user runs
     assert "level  density" in proc.stdout  # the printed per-level table
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ import sys
 import termios
 from pathlib import Path
 
+import procs
 import pytest
 from tqdm import tqdm
 
@@ -52,7 +53,7 @@ def _epoch_lines(text: str) -> list[tuple[str, int]]:
 
 def test_not_a_terminal_prints_one_line_per_epoch(tmp_path):
     # runtime.progress=true (the default), but stdout and stderr are pipes, as in a SLURM job
-    proc = subprocess.run(
+    proc = procs.run(
         _argv(tmp_path),
         cwd=tmp_path,
         capture_output=True,
@@ -71,7 +72,7 @@ def test_not_a_terminal_prints_one_line_per_epoch(tmp_path):
 def test_a_terminal_gets_bars_and_whole_log_lines(tmp_path):
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns
-    proc = subprocess.Popen(
+    proc = procs.Popen(
         _argv(tmp_path, "train.batch_size=16"),
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,

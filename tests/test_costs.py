@@ -98,3 +98,52 @@ def test_param_counts_of_resnet() -> None:
     counts = param_counts(resnet56())
     assert counts["total_params"] == 853_018
     assert counts["prunable_params"] == 848_944
+
+
+class _Mixed(nn.Module):
+    """Grouped, strided, dilated and transposed convolutions, a 1-d and a 3-d convolution, a
+    linear layer on a sequence and one layer called twice: every case of the MAC formulas."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False)
+        self.up = nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, groups=2)
+        self.line = nn.Conv1d(6, 5, 3)
+        self.cube = nn.Conv3d(1, 2, (2, 3, 3))
+        self.seq = nn.Linear(12, 7)
+        self.twice = nn.Linear(7, 7)
+
+    def forward(self, x):
+        x = self.up(self.grouped(self.stem(x)))  # (1, 6, 12, 12)
+        y = self.line(x.flatten(2)[..., :40])  # (1, 5, 38)
+        z = self.cube(x[:, :4].unsqueeze(1))  # (1, 2, 3, 10, 10)
+        s = self.twice(self.twice(self.seq(x[:, :, 0, :])))  # a (1, 6, 12) sequence
+        return y.sum() + z.sum() + s.sum()
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [
+        (lambda: LeNet300100((1, 8, 8), 10), (1, 8, 8)),
+        (resnet20, (3, 32, 32)),
+        (lambda: cifar_vgg(11), (3, 32, 32)),
+        (_Mixed, (3, 12, 12)),
+    ],
+)
+def test_hooks_count_what_torchs_flop_counter_counts(factory, shape) -> None:
+    """count_flops counts with forward hooks (FlopCounterMode imports torch's compiler stack,
+    seconds of every job's start); both must agree on every layer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = factory().eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *shape))
+    by_module = counter.get_flop_counts()
+    root = type(model).__name__
+    ours = count_flops(model, shape)
+    theirs = {name: sum(by_module.get(f"{root}.{name}", {}).values()) // 2 for name in ours}
+    theirs["total"] = sum(v for k, v in theirs.items() if k != "total")
+    assert ours == theirs
+    assert all(v > 0 for v in ours.values())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
+import procs
 import torch
 
 COMMON = [
@@ -20,7 +20,7 @@ COMMON = [
 
 def _run(argv, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    proc = procs.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 from prune_cli.costs import count_flops
@@ -35,7 +36,7 @@ def files(root: Path) -> list[Path]:
 def prune_run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
-    proc = subprocess.run(
+    proc = procs.run(
         [sys.executable, "-m", "prune_cli.cli", *flags, *overrides],
         cwd=cwd,
         capture_output=True,

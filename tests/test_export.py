@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -119,7 +119,7 @@ def test_structured_run_exports_the_small_network_loadable_without_prune_cli(tmp
         "    torch.testing.assert_close(m(x), y); print(tuple(m(x).shape))\n"
         "print(m.state_dict()['layer1.0.conv1.weight'].shape[0])"
     )
-    proc = subprocess.run(
+    proc = procs.run(
         [sys.executable, "-c", code, str(out), str(tmp_path / "cases.pt")],
         capture_output=True,
         text=True,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 
@@ -39,7 +40,7 @@ T_RETRAIN = 10
 def prune_run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "prune_cli.cli", *args, f"runtime.cache_dir={tmp / 'cache'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
+    proc = procs.run(argv, cwd=tmp, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import QUIET, cli_argv, cli_env
 
@@ -34,7 +35,7 @@ COMPARED = ("level", "acc", "acc_after_prune", "density", "nonzero_params", "ima
 
 
 def start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    return procs.Popen(
         cli_argv(root, *args),
         cwd=root,
         stdout=subprocess.PIPE,
@@ -45,7 +46,7 @@ def start(root: Path, *args: str) -> subprocess.Popen:
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return procs.run(
         cli_argv(root, *args),
         cwd=root,
         capture_output=True,
@@ -91,12 +92,12 @@ def test_lock_names_holder_and_dies_with_process(tmp_path):
         f"try: RunLock({str(tmp_path)!r}).acquire()\n"
         "except RunBusyError as e: print(e); sys.exit(3)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = procs.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 3 and f"pid {os.getpid()}" in proc.stdout
     lock.release()
     assert is_busy(tmp_path) is None
     # a holder killed with SIGKILL leaves a free lock (the kernel drops it)
-    holder_proc = subprocess.Popen(
+    holder_proc = procs.Popen(
         [
             sys.executable,
             "-c",
@@ -258,7 +259,7 @@ def test_sweep_survives_diverging_job(tmp_path):
     summary = proc.stderr[proc.stderr.index("sweep ") :]
     assert "2 jobs" in summary and "1 complete" in summary and "1 failed" in summary
     assert "diverged" in summary and str(failed[0]) in summary
-    report = subprocess.run(
+    report = procs.run(
         [sys.executable, "-m", "prune_cli.report", str(sweep), "--out", str(tmp_path / "rep")],
         capture_output=True,
         text=True,
@@ -299,7 +300,7 @@ def _tmpfs(tmp_path: Path, size: str):
     mnt.mkdir()
     if (
         os.geteuid() != 0
-        or subprocess.run(
+        or procs.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
         ).returncode
     ):
@@ -311,14 +312,14 @@ def _tmpfs(tmp_path: Path, size: str):
 def small_disk(tmp_path):
     """A 1 MB tmpfs (root only; skipped where mounting is not allowed)."""
     yield _tmpfs(tmp_path, "1m")
-    subprocess.run(["umount", "-l", str(tmp_path / "disk")], capture_output=True)
+    procs.run(["umount", "-l", str(tmp_path / "disk")], capture_output=True)
 
 
 @pytest.fixture
 def disk(tmp_path):
     """A 16 MB tmpfs (root only; skipped where mounting is not allowed)."""
     yield _tmpfs(tmp_path, "16m")
-    subprocess.run(["umount", "-l", str(tmp_path / "disk")], capture_output=True)
+    procs.run(["umount", "-l", str(tmp_path / "disk")], capture_output=True)
 
 
 def test_disk_full_is_one_line_and_loses_nothing(small_disk, tmp_path):
@@ -338,7 +339,7 @@ def test_read_only_run_dir_is_one_line(disk, tmp_path):
     lines = (run_dir / "results.jsonl").read_text().splitlines()
     (run_dir / "results.jsonl").write_text("\n".join(lines[:2]) + "\n")  # level 2 to redo
     before = (run_dir / "results.jsonl").read_bytes()
-    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    procs.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     proc = run(tmp_path, f"hydra.run.dir={run_dir}", *FAST, "pruning.levels=2")
     assert_one_line(proc, str(run_dir), "read-only")
     assert (run_dir / "results.jsonl").read_bytes() == before
@@ -346,7 +347,7 @@ def test_read_only_run_dir_is_one_line(disk, tmp_path):
 
 def test_cache_dir_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
-    proc = subprocess.run(
+    proc = procs.run(
         [
             sys.executable,
             "-m",

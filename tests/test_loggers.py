@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import QUIET, compose, run_inprocess
 
@@ -53,7 +54,7 @@ def _env(root: Path) -> dict:
 
 def _start(root: Path, run: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "prune_cli.cli", *QUIET, f"runtime.cache_dir={root / 'cache'}"]
-    return subprocess.Popen(
+    return procs.Popen(
         [*argv, f"hydra.run.dir={run}", *RUN, "logger=many"],
         cwd=root,
         stdout=subprocess.PIPE,
@@ -184,7 +185,7 @@ def test_wandb_offline_run_can_be_synced_and_has_no_step_twice(tracked):
     _no_duplicates([step for step, _ in rows], "wandb")
     _epochs_of_every_level([(r["level"], s) for s, r in rows if "epoch/test_acc" in r])
     assert {r["phase"] for _, r in rows} == {"dense", "level_01", "level_02"}
-    sync = subprocess.run(
+    sync = procs.run(
         [sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, segments)],
         capture_output=True,
         text=True,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
+import procs
 from conftest import compose
 
 from prune_cli.store import FORMAT, DenseCache, dense_hash, legacy_dense_hash
@@ -57,7 +57,7 @@ def test_a_format_1_run_directory_is_refused_with_one_line(tmp_path):
         f"hydra.run.dir={run}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    proc = procs.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "earlier prune-cli" in lines[0] and "format 1" in lines[0]

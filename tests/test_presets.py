@@ -31,11 +31,11 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -144,7 +144,7 @@ def run_preset(name: str, root: Path, cache: Path) -> None:
         f"hydra.run.dir={run_dir}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNE_CLI_DATA": str(root / "data")}
-    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    proc = procs.run(argv, cwd=root, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"{' '.join(argv[3:])}\n{proc.stdout}\n{proc.stderr}"
     assert not (run_dir / "failed.json").exists()
     chash = json.loads((run_dir / "run.json").read_text())["config_hash"]

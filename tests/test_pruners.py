@@ -19,10 +19,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ def test_user_criterion_from_own_config_dir_is_the_one_used(tmp_path):
         f"runtime.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(
+    proc = procs.run(
         argv, cwd=tmp_path / "user", capture_output=True, text=True, env=ENV, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from conftest import compose
@@ -133,7 +134,7 @@ def start(cwd: Path, run_dir: Path, cache: Path, args: list[str]) -> subprocess.
         f"hydra.run.dir={run_dir}",
         *args,
     ]
-    return subprocess.Popen(
+    return procs.Popen(
         argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     )
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from conftest import QUIET, compose
@@ -46,7 +47,7 @@ def _git(cwd: Path, *args: str) -> str:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@example.org",
     }
-    return subprocess.run(
+    return procs.run(
         ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
     ).stdout
 
@@ -326,7 +327,7 @@ def test_every_cli_run_directory_holds_the_record(tmp_path):
     ]
 
     def prune_run():
-        proc = subprocess.run(
+        proc = procs.run(
             [sys.executable, "-m", "prune_cli.cli", *args],
             cwd=tmp_path,
             capture_output=True,

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import procs
 import pytest
 from matplotlib.container import BarContainer
 from omegaconf import OmegaConf
@@ -65,7 +66,7 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     ]
     # One thread: LeNet is too small to gain from more, and idle OpenMP threads spin under load.
     env = {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    proc = procs.run(argv, cwd=root, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return sweep_dir, proc
 
@@ -164,7 +165,7 @@ def _check_pdf(path: Path) -> None:
     assert data.startswith(b"%PDF-") and b"%%EOF" in data[-64:], path
     assert b"/Type3" not in data, f"{path} embeds Type 3 fonts"
     if shutil.which("pdftoppm"):
-        subprocess.run(
+        procs.run(
             ["pdftoppm", "-png", "-r", "30", "-singlefile", str(path), str(path.with_suffix(""))],
             check=True,
         )
@@ -440,7 +441,7 @@ def test_errors_exit_2_with_one_line(sweep, tmp_path, capsys, case, needle):
 
 
 def test_console_script_exit_status(tmp_path):
-    proc = subprocess.run(
+    proc = procs.run(
         [sys.executable, "-m", "prune_cli.report", str(tmp_path / "missing")],
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 from conftest import QUIET, compose, run_inprocess
@@ -56,7 +57,7 @@ def prune_run(cwd: Path, cache: Path, *args: str, multirun: bool = False) -> lis
 
 
 def start(cwd: Path, run_dir: Path, cache: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    return procs.Popen(
         prune_run(cwd, cache, f"hydra.run.dir={run_dir}", *args),
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -235,7 +236,7 @@ def children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job's task in /proc")
 def test_preempted_submitit_job_is_requeued_and_resumes(reference, tmp_path):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    proc = subprocess.Popen(
+    proc = procs.Popen(
         prune_run(
             tmp_path,
             cache,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import QUIET, compose
 from omegaconf import OmegaConf
@@ -31,7 +32,7 @@ def _start(root: Path, run_dir: Path, *args: str) -> subprocess.Popen:
         *args,
     ]
     env = {**os.environ, "PRUNE_CLI_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+    return procs.Popen(
         argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
@@ -48,12 +49,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "other": out / "lenet-digits" / "ft-1",
         "failed": root / "multirun" / "sweep" / "diverged",
     }
-    procs = {
+    started = {
         "complete": _start(root, dirs["complete"], "method=lrw", "seed=0"),
         "other": _start(root, dirs["other"], "method=ft", "seed=1"),
         "failed": _start(root, dirs["failed"], "method=lrw", "seed=2", "train.lr=1e20"),
     }
-    for name, proc in procs.items():
+    for name, proc in started.items():
         stdout, stderr = proc.communicate(timeout=600)
         expected = 2 if name == "failed" else 0
         assert proc.returncode == expected, f"{name}: exit {proc.returncode}\n{stdout}\n{stderr}"
@@ -172,7 +173,7 @@ def test_json_lines(runs, capsys):
 
 
 def test_a_pipe_gets_no_colour_and_a_terminal_does(runs):
-    proc = subprocess.run(
+    proc = procs.run(
         [Path(sys.executable).parent / "prune-runs", str(runs["root"])],
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 from datafiles import write_cifar10
@@ -86,7 +87,7 @@ def prune_run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
         f"runtime.cache_dir={tmp / 'cache'}",
         *args,
     ]
-    return subprocess.run(
+    return procs.run(
         argv,
         cwd=tmp,
         capture_output=True,
@@ -452,7 +453,7 @@ def test_orphan_temps_of_killed_writes_are_removed(tmp_path) -> None:
         "    os._exit(9)\n"
     )
     for target in (run / "results.jsonl", run / "checkpoints" / "level_02.pt"):
-        proc = subprocess.run([sys.executable, "-c", code, str(target)], timeout=120)
+        proc = procs.run([sys.executable, "-c", code, str(target)], timeout=120)
         assert proc.returncode == 9
     old_style = run / "checkpoints" / ".level_01.pt.k2_x9q0a.tmp"  # as tempfile.mkstemp named them
     old_style.write_text("x")

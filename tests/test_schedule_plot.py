@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import matplotlib.image
+import procs
 import pytest
 from matplotlib.colors import to_hex
 
@@ -58,7 +58,7 @@ def test_coinciding_schedules_are_one_line_named_together():
 
 def test_command_writes_a_png(tmp_path):
     out = tmp_path / "lr.png"
-    proc = subprocess.run(
+    proc = procs.run(
         [
             sys.executable,
             "-m",
@@ -75,7 +75,7 @@ def test_command_writes_a_png(tmp_path):
     assert proc.returncode == 0, proc.stderr
     image = matplotlib.image.imread(out)
     assert image.shape[0] > 300 and image.shape[1] > 800
-    bad = subprocess.run(
+    bad = procs.run(
         [sys.executable, "-m", "prune_cli.plot_schedules", "method.warmup_fraction=2"],
         capture_output=True,
         text=True,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm_e2e.py"
@@ -48,7 +48,7 @@ MODES = {
 def test_preempted_sweep_array_on_a_real_slurm(mode, tmp_path):
     if mode != "sigterm-slurm-requeues" and not ALL_MODES:
         pytest.skip("PRUNE_CLI_SLURM_ALL_MODES=1 runs this preemption mode too")
-    proc = subprocess.run(
+    proc = procs.run(
         [sys.executable, str(SCRIPT), "--dir", str(tmp_path / "e2e"), *MODES[mode]],
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import cli_argv, cli_env, compose
 
@@ -51,7 +52,7 @@ def preset_checks():
 
 def prune_run(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`prune-run ARGS` in `root` with a dense cache in `root/cache`; fails on a non-zero exit."""
-    proc = subprocess.run(
+    proc = procs.run(
         cli_argv(root, *args),
         cwd=root,
         capture_output=True,
@@ -141,7 +142,7 @@ def test_rerun_of_a_finished_sweep_does_nothing(rerun3x2):
 def _start_ft_and_lrw(tmp_path: Path, common: list[str]) -> dict[str, subprocess.Popen]:
     """An FT and an LRW run of the same config, started at once, each in its own run dir."""
     return {
-        m: subprocess.Popen(
+        m: procs.Popen(
             cli_argv(tmp_path, *common, f"method={m}", f"hydra.run.dir={tmp_path / m}"),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -157,9 +158,9 @@ def test_two_jobs_started_together_train_one_dense_model(tmp_path):
     # a dense phase long enough (20 epochs) that the second job usually arrives while the
     # first is still training; a short retraining keeps the test fast
     common = [*TINY, "train.epochs=20", "method.retrain_epochs=1", "seed=0"]
-    procs = _start_ft_and_lrw(tmp_path, common)
-    outs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
-    for method, proc in procs.items():
+    jobs = _start_ft_and_lrw(tmp_path, common)
+    outs = {m: p.communicate(timeout=600)[0] for m, p in jobs.items()}
+    for method, proc in jobs.items():
         assert proc.returncode == 0, f"{method}:\n{outs[method]}"
     trained = [m for m, out in outs.items() if TRAINED in out]
     assert len(trained) == 1, outs
@@ -187,17 +188,17 @@ def test_jobs_waiting_on_a_dense_model_in_training_train_it_once(tmp_path):
     (tmp_path / "cache" / "dense" / key).mkdir(parents=True)
     lock.acquire()
     try:
-        procs = _start_ft_and_lrw(tmp_path, common)
+        jobs = _start_ft_and_lrw(tmp_path, common)
         deadline = time.monotonic() + 300
-        logs = [tmp_path / m / "run.log" for m in procs]
+        logs = [tmp_path / m / "run.log" for m in jobs]
         while not all(p.exists() and "waiting" in p.read_text() for p in logs):
             assert time.monotonic() < deadline, "the jobs never waited for the lock"
-            assert all(p.poll() is None for p in procs.values()), "a job ended early"
+            assert all(p.poll() is None for p in jobs.values()), "a job ended early"
             time.sleep(0.2)
     finally:
         lock.release()
-    outs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
-    assert all(p.returncode == 0 for p in procs.values()), outs
+    outs = {m: p.communicate(timeout=600)[0] for m, p in jobs.items()}
+    assert all(p.returncode == 0 for p in jobs.values()), outs
     assert sum(TRAINED in out for out in outs.values()) == 1, outs
     level0 = {m: results(tmp_path / m)[tmp_path / m][0] for m in outs}
     assert level0["ft"]["acc"] == level0["lrw"]["acc"]

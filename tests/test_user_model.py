@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+import procs
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "user_model"
 CRITERION = Path(__file__).parent.parent / "examples" / "user_criterion"
@@ -31,7 +32,7 @@ def test_user_model_from_own_config_dir(tmp_path):
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    proc = procs.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [r["model"] for r in rows] == ["tiny_convnet"] * 3
@@ -40,7 +41,7 @@ def test_user_model_from_own_config_dir(tmp_path):
     masks = state["masks"]
     assert "classifier.weight" not in masks and "features.0.weight" in masks  # exclusion honoured
 
-    bad = subprocess.run(
+    bad = procs.run(
         [*argv[:6], "model.net._target_=nowhere.Net"],
         cwd=cwd,
         capture_output=True,
