@@ -306,3 +306,31 @@ def test_renda_presets_share_one_dense_model_per_seed(name, preset_checks):
     if name == "renda_resnet56_curve":
         got = sorted((c.method.name, retrain_epochs(c)) for c in cfgs)
         assert got == [("ft", 182.0), ("lrw", 182.0), ("wr", 150.0)]
+
+
+def test_a_sweeps_jobs_compose_as_hydra_composes_each_one():
+    """Prevalidation composes each set of config-group choices once and applies the jobs' values
+    with Hydra's own function: every job must equal Hydra's composition of it, and a bad value
+    must still fail with one line naming its key."""
+    from prune_cli.cli import _compose, _compose_jobs, _jobs, _same, prevalidate
+
+    argv = [
+        "-m",
+        "experiment=quickstart",
+        "method=ft,lrw",
+        "seed=1",
+        "train.lr=0.1,1e-2",
+        "train.schedule.milestones=[1,2],[3]",
+        "pruning.levels=2",
+        "+tags=[a,b]",
+    ]
+    jobs, name, config_dir, multirun = _jobs(argv)
+    assert multirun and len(jobs) == 2 * 2 * 2
+    fast = list(_compose_jobs(name, config_dir, jobs))
+    for job, cfg in zip(jobs, fast, strict=True):
+        assert _same(cfg, _compose(name, config_dir, job)), job
+    assert {(c.method.name, c.seed, c.train.lr) for c in fast} == {
+        (m, 1, lr) for m in ("ft", "lrw") for lr in (0.1, 0.01)
+    }
+    line = prevalidate(["-m", "experiment=quickstart", "train.epochs=2,abc"], dry_run=True)
+    assert line is not None and "train.epochs" in line and "\n" not in line
