@@ -44,7 +44,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     module name, e.g. ``layer1.0.conv1``) plus ``"total"``, their sum. ``input_shape`` excludes
     the batch dimension. Each layer's calls are counted by a forward hook with the formulas of
     ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 × MACs; tests/test_costs.py checks
-    that both agree), which would import torch's compiler stack, seconds of every job's start.
+    that both agree), which imports torch's compiler stack: seconds for a dry run or a refused
+    command, which never build an optimizer (a training run imports it with its optimizer).
     Biases, batch norm, activations, pooling and additions are not counted. The forward runs
     on a zero tensor on the model's device, in eval mode under ``torch.no_grad``; every
     module's train/eval flag is restored afterwards. A module called k times counts k times.

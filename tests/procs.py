@@ -41,9 +41,9 @@ CompletedProcess = subprocess.CompletedProcess
 
 
 def _preload() -> list[str]:
-    """What the server imports once: every prune_cli module, and the heavy libraries they import
-    lazily (scikit-learn for digits, torch._dynamo under the FLOP counter, TensorBoard's
-    protobufs, matplotlib). Imported here, they cost a run nothing; a missing one is skipped."""
+    """What the server imports once: every prune_cli module, and the heavy libraries that runs
+    import lazily (torch._dynamo, which torch's optimizers import when first built; TensorBoard's
+    protobufs; matplotlib). Imported here, they cost a run nothing; a missing one is skipped."""
     import prune_cli
 
     root = Path(prune_cli.__file__).parent
@@ -55,8 +55,6 @@ def _preload() -> list[str]:
         if f.name != "__main__.py"
     )
     heavy = [
-        "sklearn.datasets",
-        "sklearn.model_selection",
         "torch._dynamo",
         "torch.utils.tensorboard",
         "matplotlib.pyplot",

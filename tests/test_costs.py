@@ -133,7 +133,7 @@ class _Mixed(nn.Module):
 )
 def test_hooks_count_what_torchs_flop_counter_counts(factory, shape) -> None:
     """count_flops counts with forward hooks (FlopCounterMode imports torch's compiler stack,
-    seconds of every job's start); both must agree on every layer."""
+    seconds of a dry run); both must agree on every layer."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = factory().eval()

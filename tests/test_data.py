@@ -85,6 +85,30 @@ def test_digits_split_is_stratified_fixed_and_disjoint():
     assert d.std[0] == pytest.approx(float(scaled.std(unbiased=False)))
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.1, 0.25, 1 / 3, 0.5, 0.9])
+def test_digits_are_scikit_learns_and_split_as_train_test_split_splits(fraction):
+    """The loader reads scikit-learn's file itself and draws the stratified split itself: both
+    must be exactly what `load_digits()` and `train_test_split(stratify=y)` give."""
+    from sklearn.model_selection import train_test_split
+
+    from prune_cli.data.digits import _digits, stratified_split
+
+    bunch = sklearn.datasets.load_digits()
+    images, target = _digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+    rng = np.random.RandomState(7)
+    labels = {"digits": bunch.target, "uneven": rng.randint(0, 7, size=301) ** 2 % 11}
+    for y in labels.values():
+        for seed in (0, 1, 2, 13, 12345):
+            train, test = train_test_split(
+                np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed
+            )
+            ours = stratified_split(y, fraction, seed)
+            assert np.array_equal(ours[0], np.sort(train)) and np.array_equal(
+                ours[1], np.sort(test)
+            )
+
+
 def test_digits_rejects_bad_fraction():
     with pytest.raises(DataError, match="test_fraction"):
         load_digits(test_fraction=1.5)

@@ -190,6 +190,7 @@ def test_structured_levels_count_the_smaller_network(tmp_path, monkeypatch) -> N
     args = [
         "model=resnet20",
         "dataset=synthetic",
+        "dataset.input_shape=[3,16,16]",
         "pruning=l1_filter",
         "pruning.levels=2",
         "train.epochs=2",
