@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import procs
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
@@ -68,6 +69,7 @@ def test_bench_train_accuracy_check_prints_both_accuracies(capsys):
     assert "accuracy difference" in out
 
 
+@pytest.mark.slow  # starts fresh interpreters for 1 and 2 parallel runs: 25 s
 def test_bench_parallel_reports_aggregate_speedup_and_recommendation(tmp_path):
     out_json = tmp_path / "parallel.json"
     proc = procs.run(

@@ -172,7 +172,14 @@ def test_the_presets_are_split_between_the_two_files():
     assert EXPERIMENTS and IMAGENET and set(HERE) | set(IMAGENET) == set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name", HERE)
+# the ResNet-110 and VGG-16 siblings of the ResNet-56 grids (same keys, other model and pruning
+# presets): in the slow group, like the runs
+SIBLINGS = {n for n in HERE if n.startswith(PAPER) and ("resnet110" in n or "vgg16" in n)}
+
+
+@pytest.mark.parametrize(
+    "name", [n if n not in SIBLINGS else pytest.param(n, marks=pytest.mark.slow) for n in HERE]
+)
 def test_every_job_of_the_preset_composes_and_validates(name, tmp_path):
     check_preset_grid(name, tmp_path / "cache")
 
