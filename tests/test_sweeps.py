@@ -209,6 +209,7 @@ def test_jobs_waiting_on_a_dense_model_in_training_train_it_once(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # fresh interpreters per job (25 s); the default run keeps submitit's requeue
 def test_submitit_local_sweep_completes_and_reports(tmp_path):
     sweep = tmp_path / "sweep"
     prune_run(
@@ -227,6 +228,7 @@ def test_submitit_local_sweep_completes_and_reports(tmp_path):
     assert len(dense_entries(tmp_path)) == 1
 
 
+@pytest.mark.slow  # fresh loky interpreters (25 s); two jobs on one cache: test_two_jobs_started_together
 def test_joblib_sweep_completes(tmp_path):
     sweep = tmp_path / "sweep"
     prune_run(
