@@ -179,31 +179,29 @@ def _compose_jobs(name: str, config_dir: str | None, jobs: list[list[str]]):
             and not any((r / key).exists() for r in roots)
         )
 
+    def with_values(base: DictConfig, values: list) -> DictConfig | None:
+        cfg = copy.deepcopy(base)
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            return apply_debug(cfg)
+        except Exception:  # noqa: BLE001 - composed whole, the job fails with Hydra's message
+            return None
+
     bases: dict[tuple[str, ...], DictConfig | None] = {}
     for job in jobs:
-        parsed = parser.parse_overrides(list(job))
-        values = [o for o in parsed if is_value(o)]
-        rest = tuple(o.input_line for o in parsed if not is_value(o))
-        if rest not in bases:
-            base = _compose(name, config_dir, list(rest), debug=False)
+        values, rest = [], []
+        for o in parser.parse_overrides(list(job)):
+            (values if is_value(o) else rest).append(o)
+        key = tuple(o.input_line for o in rest)
+        if key not in bases:
+            base = _compose(name, config_dir, list(key), debug=False)
             whole = _compose(name, config_dir, list(job))
-            fast = _apply_values(base, values, ConfigLoaderImpl, copy)
-            same = fast is not None and _same(fast, whole)
-            bases[rest] = base if same else None
+            fast = with_values(base, values)
+            bases[key] = base if fast is not None and _same(fast, whole) else None
             yield whole
             continue
-        base = bases[rest]
-        fast = None if base is None else _apply_values(base, values, ConfigLoaderImpl, copy)
+        fast = None if bases[key] is None else with_values(bases[key], values)
         yield fast if fast is not None else _compose(name, config_dir, list(job))
-
-
-def _apply_values(base: DictConfig, values: list, loader, copy) -> DictConfig | None:
-    cfg = copy.deepcopy(base)
-    try:
-        loader._apply_overrides_to_config(values, cfg)
-        return apply_debug(cfg)
-    except Exception:  # noqa: BLE001 - composed whole, the job fails with Hydra's message
-        return None
 
 
 def _same(a: DictConfig, b: DictConfig) -> bool:

@@ -104,6 +104,18 @@ def cli_argv(root: Path, *args: str) -> list[str]:
     ]
 
 
+def cli_run(root: Path, *args: str) -> procs.CompletedProcess:
+    """`prune-run ARGS` in ``root`` (see `cli_argv`, `cli_env`), output captured as text."""
+    return procs.run(
+        cli_argv(root, *args),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=cli_env(root),
+        timeout=600,
+    )
+
+
 def run_inprocess(run_dir: Path, *overrides: str) -> list[dict]:
     """Compose the real config and run the real runner in this process (no Hydra job wrapper)."""
     from prune_cli.config import validate

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import QUIET, cli_argv, cli_env
+from conftest import QUIET, cli_argv, cli_env, cli_run
 
 from prune_cli.rundir import IncompleteRunError, RunBusyError, RunLock, check_results, is_busy
 from prune_cli.store import read_rows
@@ -46,14 +46,7 @@ def start(root: Path, *args: str) -> subprocess.Popen:
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return procs.run(
-        cli_argv(root, *args),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=cli_env(root),
-        timeout=600,
-    )
+    return cli_run(root, *args)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import cli_argv, cli_env, compose
+from conftest import cli_argv, cli_env, cli_run, compose
 
 from prune_cli.cli import _jobs, prevalidate
 from prune_cli.config import retrain_epochs
@@ -52,14 +52,7 @@ def preset_checks():
 
 def prune_run(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`prune-run ARGS` in `root` with a dense cache in `root/cache`; fails on a non-zero exit."""
-    proc = procs.run(
-        cli_argv(root, *args),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=cli_env(root),
-        timeout=600,
-    )
+    proc = cli_run(root, *args)
     assert proc.returncode == 0, f"prune-run {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
